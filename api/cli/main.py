@@ -1,0 +1,131 @@
+"""``vaultctl``: the vault's command line (Typer).
+
+Exit status 0 on success; otherwise non-zero with a one-line reason on
+standard error. Long work shows a progress bar on standard error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, NoReturn
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import logging as oplog
+from api.runtime import Runtime, init_vault, open_runtime
+from api.settings import Settings
+from keys.errors import KeysError
+from keys.rotation import rotate_kek
+from vault.demo import seed_members
+from vault.errors import VaultError
+from vault.storage.schema import members
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Member Vault administration.")
+demo_app = typer.Typer(no_args_is_help=True, help="Synthetic demo data (development only).")
+keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
+app.add_typer(demo_app, name="demo")
+app.add_typer(keys_app, name="keys")
+
+
+class KeyKind(StrEnum):
+    kek = "kek"
+
+
+def _fail(reason: str) -> NoReturn:
+    typer.echo(f"vaultctl: {reason}", err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        _fail(f"invalid settings: {exc.__class__.__name__}")
+    oplog.configure(settings.log_level)
+    try:
+        rt = open_runtime(settings)
+    except (KeysError, VaultError) as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"database unavailable ({exc.__class__.__name__})")
+    try:
+        yield rt
+    except (KeysError, VaultError) as exc:
+        _fail(str(exc))
+    finally:
+        rt.close()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False, console=None)
+
+
+@app.command()
+def init() -> None:
+    """Create the data directory and keyring, and migrate both databases (idempotent)."""
+    settings = Settings()
+    oplog.configure(settings.log_level)
+    try:
+        for line in init_vault(settings):
+            typer.echo(line)
+    except (KeysError, VaultError) as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"database unavailable ({exc.__class__.__name__})")
+    typer.echo(f"vault ready in {settings.data_dir}")
+
+
+@demo_app.command("seed")
+def demo_seed(
+    members_: Annotated[int, typer.Option("--members", min=1, max=10_000_000, help="How many members to create.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the deterministic generator.")] = 1,
+    if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the vault already has members.")] = False,
+) -> None:
+    """Create synthetic members with treatments and card-ledger entries."""
+    with _runtime() as rt:
+        if rt.settings.is_production:
+            _fail("demo data is refused in production mode")
+        if if_empty:
+            with rt.data_engine.connect() as conn:
+                if conn.scalar(select(func.count()).select_from(members)):
+                    typer.echo("vault already has members; not seeding")
+                    return
+        with _progress() as bar:
+            task = bar.add_task("seeding members", total=members_)
+            report = seed_members(
+                rt.data_engine, rt.keys, rt.members, count=members_, seed=seed, now=datetime.now(UTC), progress=lambda n: bar.update(task, completed=n)
+            )
+        typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    kind: Annotated[KeyKind, typer.Option("--kind", help="Which key to rotate.")],
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Keys re-wrapped per transaction.")] = 5000,
+) -> None:
+    """Rotate the KEK: add a version, re-wrap every stored key online, retire unreferenced versions.
+
+    An interrupted rotation is resumed by running the command again.
+    """
+    with _runtime() as rt, _progress() as bar:
+        task = bar.add_task(f"re-wrapping under a new {kind.value}", total=None)
+        report = rotate_kek(rt.keys, batch=batch, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    action = "rotated to" if report.started_new_version else "resumed rotation to"
+    retired = ", ".join(str(v) for v in report.retired) or "none"
+    typer.echo(f"{action} KEK version {report.kek_version}; re-wrapped {report.rewrapped} keys; retired versions: {retired}")
+
+
+def main() -> None:
+    app(prog_name="vaultctl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The one settings object, read from ``VAULT_*`` environment variables (and ``.env``).
+
+Built once at the edge (app factory, vaultctl entry) and passed down as plain
+values. In ``production`` mode unsafe choices are refused, not warned about.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Env(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class KeyProviderName(StrEnum):
+    local = "local"
+    pkcs11 = "pkcs11"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAULT_", env_file=".env", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    migration_database_url: str | None = None
+    keystore_url: str | None = None
+    keystore_migration_url: str | None = None
+    env: Env = Env.development
+    key_provider: KeyProviderName = KeyProviderName.local
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin_file: Path | None = None
+    issuer: str = "member-vault"
+    audience: str = "member-vault"
+    trusted_issuers_file: Path | None = None
+    key_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _pkcs11_complete(self) -> Settings:
+        if self.key_provider is KeyProviderName.pkcs11 and not (self.pkcs11_module and self.pkcs11_token_label and self.pkcs11_pin_file):
+            raise ValueError("VAULT_KEY_PROVIDER=pkcs11 needs VAULT_PKCS11_MODULE, VAULT_PKCS11_TOKEN_LABEL and VAULT_PKCS11_PIN_FILE")
+        return self
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.data_dir / "keys" / "keyring.json"
+
+    @property
+    def data_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'vault.db').resolve()}"
+
+    @property
+    def data_migration_url(self) -> str:
+        return self.migration_database_url or self.data_url
+
+    @property
+    def keys_url(self) -> str:
+        return self.keystore_url or f"sqlite:///{(self.data_dir / 'keys' / 'keystore.db').resolve()}"
+
+    @property
+    def keys_migration_url(self) -> str:
+        return self.keystore_migration_url or self.keys_url
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Env.production
+
+
+__all__ = ["Env", "KeyProviderName", "Settings"]

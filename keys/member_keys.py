@@ -1,0 +1,294 @@
+"""Member data keys and retention keys: creation, wrapping, a bounded cache, shredding.
+
+Invariants:
+
+* A member key exists in clear only in process memory; at rest it is wrapped by
+  a KEK version with associated data binding it to (owner, scope, version), so
+  a wrapped key copied to another member's row does not unwrap.
+* A cached key is used only after the key store confirmed, in the same call,
+  that its row still exists with the same wrapped bytes: a key shredded by one
+  process is dead in every process on the next read.
+* Shredding deletes rows; on SQLite the WAL is checkpointed afterwards
+  (``secure_delete`` zeroes the freed pages) so the wrapped key does not linger.
+* Every wrap is counted per KEK version in ``kek_wraps`` (the AES-GCM nonce
+  budget of the KEK), in the same transaction as the wrap it counts.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from keys.errors import KeyNotFoundError
+from keys.field_cipher import FieldCipher
+from keys.models import KekWrapsRow, MemberKeyRow, RootKeyRow
+from keys.provider import KekProvider
+
+DATA_SCOPE = "data"
+_mk = MemberKeyRow.__table__
+_rk = RootKeyRow.__table__
+_kw = KekWrapsRow.__table__
+
+
+def retention_scope(expiry_year: int) -> str:
+    return f"retention-{expiry_year:04d}"
+
+
+def _member_aad(owner: str, scope: str, version: int) -> bytes:
+    o, s = owner.encode(), scope.encode()
+    return b"member-vault/member-key/v1" + struct.pack(">H", len(o)) + o + struct.pack(">H", len(s)) + s + struct.pack(">I", version)
+
+
+def _root_aad(name: str, version: int) -> bytes:
+    n = name.encode()
+    return b"member-vault/root-key/v1" + struct.pack(">H", len(n)) + n + struct.pack(">I", version)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberKeySet:
+    """The live keys of one member, by (scope, version)."""
+
+    owner_id: str
+    ciphers: dict[tuple[str, int], FieldCipher]
+
+    def get(self, scope: str, version: int) -> FieldCipher:
+        cipher = self.ciphers.get((scope, version))
+        if cipher is None:
+            raise KeyNotFoundError(f"no live {scope} key version {version} for this member")
+        return cipher
+
+
+class _Cache:
+    """A bounded LRU of unwrapped keys, keyed by the wrapped bytes they came from."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[str, str, int, bytes], FieldCipher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int, bytes]) -> FieldCipher | None:
+        with self._lock:
+            cipher = self._items.get(key)
+            if cipher is not None:
+                self._items.move_to_end(key)
+            return cipher
+
+    def put(self, key: tuple[str, str, int, bytes], cipher: FieldCipher) -> None:
+        if self._capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = cipher
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def evict_owner(self, owner: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == owner]:
+                del self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class MemberKeys:
+    """The member key store: its own engine, a KEK provider, a bounded cache."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: KekProvider,
+        *,
+        cache_size: int = 10_000,
+        random: Callable[[int], bytes] = os.urandom,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.provider = provider
+        self._cache = _Cache(cache_size)
+        self._random = random
+        self._now = now
+
+    # -- creating keys -------------------------------------------------------
+
+    def create(self, owners: Sequence[str], scope: str = DATA_SCOPE) -> dict[str, FieldCipher]:
+        """Create version 1 of ``scope`` for each owner, in one transaction."""
+        rows, made = [], {}
+        kek_version = 0
+        for owner in owners:
+            key = self._random(32)
+            kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
+            rows.append({"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()})
+            cipher = FieldCipher(key, 1)
+            self._cache.put((owner, scope, 1, blob), cipher)
+            made[owner] = cipher
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(_mk), rows)
+                self._count_wraps(conn, kek_version, len(rows))
+        return made
+
+    def get_or_create(self, owner: str, scope: str) -> FieldCipher:
+        """The live version 1 key of ``scope`` (used for per-year retention keys)."""
+        found = self.load(owner, scopes=(scope,))
+        if (scope, 1) in found.ciphers:
+            return found.ciphers[(scope, 1)]
+        key = self._random(32)
+        kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
+        row = {"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()}
+        with self.engine.begin() as conn:
+            stmt = self._insert_ignore(_mk).values(**row)
+            if conn.execute(stmt).rowcount:
+                self._count_wraps(conn, kek_version, 1)
+        return self.load(owner, scopes=(scope,)).get(scope, 1)
+
+    # -- reading keys --------------------------------------------------------
+
+    def load(self, owner: str, scopes: Iterable[str] | None = None) -> MemberKeySet:
+        """Every live key of ``owner`` (or of the given scopes), unwrapped; one query."""
+        stmt = select(_mk.c.scope, _mk.c.version, _mk.c.kek_version, _mk.c.wrapped).where(_mk.c.owner_id == owner)
+        if scopes is not None:
+            stmt = stmt.where(_mk.c.scope.in_(list(scopes)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        ciphers: dict[tuple[str, int], FieldCipher] = {}
+        for scope, version, kek_version, wrapped in rows:
+            ciphers[(scope, version)] = self._unwrap(owner, scope, version, kek_version, bytes(wrapped))
+        return MemberKeySet(owner, ciphers)
+
+    def live_owners(self, owners: Iterable[str], scope: str = DATA_SCOPE) -> set[str]:
+        """The subset of ``owners`` whose ``scope`` key is live."""
+        wanted = list(dict.fromkeys(owners))
+        if not wanted:
+            return set()
+        stmt = select(_mk.c.owner_id).where(_mk.c.scope == scope, _mk.c.owner_id.in_(wanted))
+        with self.engine.connect() as conn:
+            return set(conn.scalars(stmt))
+
+    def _unwrap(self, owner: str, scope: str, version: int, kek_version: int, wrapped: bytes) -> FieldCipher:
+        cache_key = (owner, scope, version, wrapped)
+        cipher = self._cache.get(cache_key)
+        if cipher is None:
+            key = self.provider.unwrap(kek_version, wrapped, _member_aad(owner, scope, version))
+            cipher = FieldCipher(key, version)
+            self._cache.put(cache_key, cipher)
+        return cipher
+
+    # -- root keys -----------------------------------------------------------
+
+    def root_key(self, name: str) -> bytes:
+        """The current version of a root key, created on first use."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_rk.c.version, _rk.c.kek_version, _rk.c.wrapped).where(_rk.c.name == name).order_by(_rk.c.version.desc()).limit(1)
+            ).first()
+        if row is None:
+            key = self._random(32)
+            kek_version, blob = self.provider.wrap(key, _root_aad(name, 1))
+            with self.engine.begin() as conn:
+                if conn.execute(self._insert_ignore(_rk).values(name=name, version=1, kek_version=kek_version, wrapped=blob, created_at=self._now())).rowcount:
+                    self._count_wraps(conn, kek_version, 1)
+            return self.root_key(name)
+        version, kek_version, wrapped = row
+        return self.provider.unwrap(kek_version, bytes(wrapped), _root_aad(name, version))
+
+    # -- shredding -----------------------------------------------------------
+
+    def shred(self, owner: str, scopes: Iterable[str]) -> int:
+        """Destroy the owner's keys of the given scopes; idempotent. Returns rows deleted."""
+        scope_list = list(scopes)
+        with self.engine.begin() as conn:
+            deleted = conn.execute(delete(_mk).where(_mk.c.owner_id == owner, _mk.c.scope.in_(scope_list))).rowcount
+        self._cache.evict_owner(owner)
+        self.checkpoint()
+        return int(deleted)
+
+    def scopes_of(self, owner: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(_mk.c.scope).where(_mk.c.owner_id == owner).distinct()))
+
+    def owners(self, scope: str = DATA_SCOPE, *, after: str = "", limit: int = 1000) -> list[str]:
+        """Owners with a live key of ``scope``, in id order, for paged sweeps."""
+        stmt = select(_mk.c.owner_id).where(_mk.c.scope == scope, _mk.c.owner_id > after).order_by(_mk.c.owner_id).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.scalars(stmt))
+
+    def checkpoint(self) -> None:
+        """On SQLite, fold the WAL into the main file and truncate it (shredded keys must not linger)."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- KEK rotation --------------------------------------------------------
+
+    def rewrap_batch(self, limit: int = 5000) -> int:
+        """Re-wrap up to ``limit`` keys not under the current KEK; returns how many.
+
+        Each batch is one transaction; an update applies only if the row still
+        holds the blob it was read with, so concurrent shredding or another
+        rewrapper is never overwritten. Safe to interrupt: run until it returns 0.
+        """
+        current = self.provider.current_version()
+        done = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(_mk.c.owner_id, _mk.c.scope, _mk.c.version, _mk.c.kek_version, _mk.c.wrapped).where(_mk.c.kek_version != current).limit(limit)
+            ).all()
+            params = []
+            for owner, scope, version, kek_version, wrapped in rows:
+                aad = _member_aad(owner, scope, version)
+                key = self.provider.unwrap(kek_version, bytes(wrapped), aad)
+                new_version, blob = self.provider.wrap(key, aad)
+                params.append({"o": owner, "s": scope, "v": version, "old": bytes(wrapped), "kv": new_version, "blob": blob})
+            if params:
+                stmt = text("UPDATE member_keys SET kek_version = :kv, wrapped = :blob WHERE owner_id = :o AND scope = :s AND version = :v AND wrapped = :old")
+                conn.execute(stmt, params)
+                self._count_wraps(conn, current, len(params))
+                done += len(params)
+            done += self._rewrap_roots(conn, current)
+        return done
+
+    def _rewrap_roots(self, conn: Connection, current: int) -> int:
+        rows = conn.execute(select(_rk.c.name, _rk.c.version, _rk.c.kek_version, _rk.c.wrapped).where(_rk.c.kek_version != current)).all()
+        for name, version, kek_version, wrapped in rows:
+            aad = _root_aad(name, version)
+            key = self.provider.unwrap(kek_version, bytes(wrapped), aad)
+            new_version, blob = self.provider.wrap(key, aad)
+            conn.execute(update(_rk).where(_rk.c.name == name, _rk.c.version == version).values(kek_version=new_version, wrapped=blob))
+        if rows:
+            self._count_wraps(conn, current, len(rows))
+        return len(rows)
+
+    def kek_references(self) -> dict[int, int]:
+        """How many stored keys each KEK version wraps."""
+        counts: dict[int, int] = {}
+        with self.engine.connect() as conn:
+            for table in (_mk, _rk):
+                for version, n in conn.execute(select(table.c.kek_version, func.count()).group_by(table.c.kek_version)):
+                    counts[int(version)] = counts.get(int(version), 0) + int(n)
+        return counts
+
+    def wrap_counts(self) -> dict[int, int]:
+        with self.engine.connect() as conn:
+            return {int(v): int(n) for v, n in conn.execute(select(_kw.c.kek_version, _kw.c.wraps))}
+
+    def _count_wraps(self, conn: Connection, kek_version: int, n: int) -> None:
+        ins = self._insert_ignore(_kw).values(kek_version=kek_version, wraps=0)
+        conn.execute(ins)
+        conn.execute(update(_kw).where(_kw.c.kek_version == kek_version).values(wraps=_kw.c.wraps + n))
+
+    def _insert_ignore(self, table: object) -> sqlite.Insert | postgresql.Insert:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
+        return sqlite.insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
+
+
+__all__ = ["DATA_SCOPE", "MemberKeySet", "MemberKeys", "retention_scope"]

@@ -1,0 +1,148 @@
+"""The ``pkcs11`` KEK provider: non-extractable AES keys in an HSM.
+
+Each KEK version is an AES-256 secret key object on the token labelled
+``member-vault-kek-v<N>``, generated on the token with ``CKA_SENSITIVE`` and
+not ``CKA_EXTRACTABLE``: its value never leaves the HSM. Wrapping is
+``CKM_AES_GCM`` on the token with a fresh 96-bit nonce and the caller's
+associated data (``blob = nonce ‖ ciphertext ‖ tag``), the same blob shape as
+the local provider. The current version is the highest one on the token.
+Retiring a version destroys its object.
+
+The process logs in once and keeps one session, guarded by a lock (PKCS#11
+sessions are not thread-safe). The PIN is read from a file and never logged.
+Device failures raise :class:`ProviderUnavailableError`; there is no fallback
+to another provider.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.exceptions import PKCS11Error
+from pkcs11.mechanisms import GCMParams
+
+from keys.errors import DecryptionError, KeyNotFoundError, ProviderUnavailableError
+from keys.provider import KekInfo
+
+LABEL_PREFIX = "member-vault-kek-v"
+_LABEL = re.compile(r"^member-vault-kek-v([1-9][0-9]{0,8})$")
+_NONCE = 12
+
+
+class Pkcs11Provider:
+    name = "pkcs11"
+
+    def __init__(self, module: Path, token_label: str, pin_file: Path) -> None:
+        try:
+            pin = pin_file.read_text().strip()
+        except OSError:
+            raise ProviderUnavailableError(f"PKCS#11 PIN file unreadable: {pin_file}") from None
+        try:
+            lib = pkcs11.lib(str(module))
+            token = lib.get_token(token_label=token_label)
+            self._session = token.open(user_pin=pin, rw=True)
+        except (PKCS11Error, RuntimeError, OSError) as exc:
+            raise ProviderUnavailableError(f"PKCS#11 token {token_label!r} unavailable: {type(exc).__name__}") from None
+        self._lock = threading.Lock()
+        self._keys: dict[int, pkcs11.SecretKey] = {}
+        self._scan()
+
+    def current_version(self) -> int:
+        if not self._keys:
+            raise ProviderUnavailableError("no KEK on the PKCS#11 token; run vaultctl init")
+        return max(self._keys)
+
+    def versions(self) -> Sequence[KekInfo]:
+        return tuple(KekInfo(v, "", False) for v in sorted(self._keys))
+
+    def wrap(self, key: bytes, aad: bytes) -> tuple[int, bytes]:
+        version = self.current_version()
+        nonce = os.urandom(_NONCE)
+        with self._lock:
+            try:
+                sealed = self._keys[version].encrypt(key, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128))
+            except PKCS11Error as exc:
+                raise ProviderUnavailableError(f"PKCS#11 wrap failed: {type(exc).__name__}") from None
+        return version, nonce + bytes(sealed)
+
+    def unwrap(self, kek_version: int, blob: bytes, aad: bytes) -> bytes:
+        kek = self._keys.get(kek_version)
+        if kek is None:
+            self._scan()
+            kek = self._keys.get(kek_version)
+        if kek is None or len(blob) <= _NONCE:
+            raise DecryptionError
+        with self._lock:
+            try:
+                return bytes(kek.decrypt(blob[_NONCE:], mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(blob[:_NONCE], aad, 128)))
+            except PKCS11Error:
+                raise DecryptionError from None
+
+    def rotate(self) -> int:
+        self._scan()
+        version = max(self._keys, default=0) + 1
+        with self._lock:
+            try:
+                self._session.generate_key(
+                    KeyType.AES,
+                    256,
+                    label=f"{LABEL_PREFIX}{version}",
+                    store=True,
+                    template={
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.ENCRYPT: True,
+                        Attribute.DECRYPT: True,
+                        Attribute.WRAP: False,
+                        Attribute.UNWRAP: False,
+                        Attribute.PRIVATE: True,
+                    },
+                )
+            except PKCS11Error as exc:
+                raise ProviderUnavailableError(f"PKCS#11 key generation failed: {type(exc).__name__}") from None
+        self._scan()
+        return version
+
+    def retire(self, version: int) -> None:
+        self._scan()
+        if version not in self._keys:
+            raise KeyNotFoundError(f"no KEK version {version}")
+        if version == self.current_version():
+            raise ProviderUnavailableError(f"KEK version {version} is current and cannot be retired")
+        with self._lock:
+            self._keys.pop(version).destroy()
+
+    def check(self) -> None:
+        aad = b"member-vault/kek-check"
+        version, blob = self.wrap(b"\0" * 32, aad)
+        if self.unwrap(version, blob, aad) != b"\0" * 32:
+            raise DecryptionError
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._session.close()
+            except PKCS11Error:
+                return
+
+    def _scan(self) -> None:
+        found: dict[int, pkcs11.SecretKey] = {}
+        with self._lock:
+            try:
+                objects = list(self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}))
+            except PKCS11Error as exc:
+                raise ProviderUnavailableError(f"PKCS#11 token unavailable: {type(exc).__name__}") from None
+        for obj in objects:
+            match = _LABEL.match(obj.label or "")
+            if match and isinstance(obj, pkcs11.SecretKey):
+                found[int(match.group(1))] = obj
+        self._keys = found
+
+
+__all__ = ["Pkcs11Provider"]

@@ -1,0 +1,63 @@
+"""KEK rotation: add a version, re-wrap every stored key online, retire what is unreferenced.
+
+Re-wrapping runs in batches, one transaction each, while readers and writers
+go on: a key is readable under its old KEK until its row is updated, and under
+the new one after. An interrupted rotation is resumed by running it again: if
+any key is still wrapped by a version other than the current one, no new
+version is added and the re-wrap carries on. Old versions are retired only
+once no stored key refers to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from keys.member_keys import MemberKeys
+
+
+@dataclass(frozen=True, slots=True)
+class RotationReport:
+    kek_version: int
+    started_new_version: bool
+    rewrapped: int
+    retired: tuple[int, ...]
+
+
+def rotate_kek(
+    keys: MemberKeys,
+    *,
+    batch: int = 5000,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> RotationReport:
+    refs = keys.kek_references()
+    current = keys.provider.current_version()
+    pending = sum(n for version, n in refs.items() if version != current)
+    started = pending == 0
+    if started:
+        current = keys.provider.rotate()
+        pending = sum(refs.values())
+    done = 0
+    progress(done, pending)
+    while True:
+        n = keys.rewrap_batch(batch)
+        if n == 0:
+            break
+        done += n
+        progress(done, max(pending, done))
+    return RotationReport(current, started, done, retire_unreferenced(keys))
+
+
+def retire_unreferenced(keys: MemberKeys) -> tuple[int, ...]:
+    """Retire every KEK version that is not current and wraps no stored key."""
+    refs = keys.kek_references()
+    current = keys.provider.current_version()
+    retired = []
+    for info in keys.provider.versions():
+        if info.version != current and not info.retired and refs.get(info.version, 0) == 0:
+            keys.provider.retire(info.version)
+            retired.append(info.version)
+    return tuple(retired)
+
+
+__all__ = ["RotationReport", "retire_unreferenced", "rotate_kek"]

@@ -1,0 +1,1 @@
+"""Storage: engines with the durability settings, the schema, migrations."""
