@@ -23,7 +23,7 @@ run: $(STAMP)
 
 ## test: install PostgreSQL and SoftHSM2 if missing, start throwaway instances, run the whole suite
 test: $(STAMP)
-	bash scripts/with-test-services.sh $(BIN)/pytest
+	VAULT_TEST_REQUIRE_SERVICES=1 bash scripts/with-test-services.sh $(BIN)/pytest
 
 ## lint: formatting, lint rules, strict typing, import contracts
 lint: $(STAMP)

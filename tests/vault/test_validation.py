@@ -642,7 +642,7 @@ json_like = st.recursive(
 
 
 @st.composite
-def hostile_writes(draw: st.DrawFn) -> tuple[Field, dict[str, object], dict[str, object] | None]:
+def hostile_writes(draw: st.DrawFn) -> tuple[Field, dict[str, object], Mapping[str, object] | None]:
     """One field of any table with any JSON-like value, maybe an id type, stray keys and stored values."""
     target = draw(st.sampled_from(FIELDS))
     values: dict[str, object] = {**draw(st.dictionaries(st.text(max_size=8), json_like, max_size=2)), target.name: draw(json_like)}
@@ -656,7 +656,7 @@ def hostile_writes(draw: st.DrawFn) -> tuple[Field, dict[str, object], dict[str,
 @settings(PROPERTY, max_examples=500)
 @given(write=hostile_writes(), partial=st.booleans())
 def test_validate_values_raises_only_validation_error_on_json_like_input(
-    write: tuple[Field, dict[str, object], dict[str, object] | None], partial: bool
+    write: tuple[Field, dict[str, object], Mapping[str, object] | None], partial: bool
 ) -> None:
     target, values, current = write
     problems: dict[str, str] = {}

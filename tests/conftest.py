@@ -1,0 +1,211 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a real SoftHSM2 token.
+
+``make test`` starts a throwaway PostgreSQL cluster and SoftHSM2 token
+(scripts/with-test-services.sh) and exports their coordinates as
+``VAULT_TEST_*``. Without them the PostgreSQL and PKCS#11 tests skip — unless
+``VAULT_TEST_REQUIRE_SERVICES=1`` (set by ``make test``), where a missing
+service fails the run instead.
+
+Databases: the schema is built by Alembic once per session into a template
+(a SQLite file; a PostgreSQL template database); each test gets a fresh copy,
+so tests never see each other's rows and never truncate anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from api.runtime import Runtime, open_runtime
+from api.settings import Settings
+from keys.local import LocalKeyring
+from keys.pkcs11 import Pkcs11Provider
+from vault.storage.engine import make_engine
+from vault.storage.migrate import Database, upgrade
+
+REQUIRE = os.environ.get("VAULT_TEST_REQUIRE_SERVICES") == "1"
+_counter = itertools.count()
+
+
+def _need(name: str) -> str:
+    value = os.environ.get(name)
+    if value:
+        return value
+    if REQUIRE:
+        pytest.fail(f"{name} is not set: run the suite with `make test`")
+    pytest.skip(f"{name} not set (run `make test` for PostgreSQL and SoftHSM2)")
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgServer:
+    app_url: str
+    owner_url: str
+    keys_app_url: str
+    keys_owner_url: str
+    admin_url: str
+    bin_dir: Path
+
+    def admin(self, sql: str, database: str = "postgres") -> None:
+        engine = create_engine(make_url(self.admin_url).set(database=database), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(sql))
+        finally:
+            engine.dispose()
+
+    def fresh_pair(self) -> tuple[str, str, str, str]:
+        """Create a data and a key-store database from the migrated templates; return their URLs."""
+        suffix = f"{os.getpid()}_{next(_counter)}"
+        data, keys = f"t_vault_{suffix}", f"t_keys_{suffix}"
+        for name, template in ((data, "vault"), (keys, "vault_keys")):
+            self.admin(f"CREATE DATABASE {name} TEMPLATE {template} OWNER vault_owner")
+            self.admin(f"GRANT CONNECT ON DATABASE {name} TO vault_app")
+        app = make_url(self.app_url)
+        owner = make_url(self.owner_url)
+        return (
+            app.set(database=data).render_as_string(hide_password=False),
+            owner.set(database=data).render_as_string(hide_password=False),
+            app.set(database=keys).render_as_string(hide_password=False),
+            owner.set(database=keys).render_as_string(hide_password=False),
+        )
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    server = PgServer(
+        app_url=_need("VAULT_TEST_PG_URL"),
+        owner_url=_need("VAULT_TEST_PG_MIGRATION_URL"),
+        keys_app_url=_need("VAULT_TEST_PG_KEYS_URL"),
+        keys_owner_url=_need("VAULT_TEST_PG_KEYS_MIGRATION_URL"),
+        admin_url=_need("VAULT_TEST_PG_ADMIN_URL"),
+        bin_dir=Path(_need("VAULT_TEST_PG_BIN")),
+    )
+    for url, which in ((server.owner_url, Database.data), (server.keys_owner_url, Database.keystore)):
+        engine = make_engine(url)
+        try:
+            upgrade(engine, which)
+        finally:
+            engine.dispose()
+    return server
+
+
+# -- SQLite templates --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sqlite-templates")
+    paths = (root / "vault.db", root / "keystore.db")
+    for path, which in zip(paths, (Database.data, Database.keystore), strict=True):
+        engine = make_engine(f"sqlite:///{path}")
+        try:
+            upgrade(engine, which)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            engine.dispose()
+    return paths
+
+
+# -- Settings and runtimes ---------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No VAULT_* setting leaks from the environment into a test's Settings."""
+    for name in list(os.environ):
+        if name.startswith("VAULT_") and not name.startswith("VAULT_TEST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_settings(
+    backend: str,
+    tmp_path: Path,
+    clean_env: None,
+    request: pytest.FixtureRequest,
+    sqlite_templates: tuple[Path, Path],
+) -> Iterator[Callable[..., Settings]]:
+    """Build Settings for a fresh, migrated vault on the test's backend, with a local keyring."""
+    data_dir = tmp_path / "var"
+    (data_dir / "keys").mkdir(parents=True, mode=0o700)
+    LocalKeyring.create(data_dir / "keys" / "keyring.json")
+    urls: dict[str, str] = {}
+    created: list[str] = []
+    if backend == "sqlite":
+        shutil.copyfile(sqlite_templates[0], data_dir / "vault.db")
+        shutil.copyfile(sqlite_templates[1], data_dir / "keys" / "keystore.db")
+    else:
+        server: PgServer = request.getfixturevalue("pg_server")
+        app, owner, keys_app, keys_owner = server.fresh_pair()
+        urls = {"database_url": app, "migration_database_url": owner, "keystore_url": keys_app, "keystore_migration_url": keys_owner}
+        created = [app, keys_app]
+
+    def build(**overrides: object) -> Settings:
+        return Settings(_env_file=None, data_dir=data_dir, **{**urls, **overrides})  # type: ignore[call-arg]
+
+    yield build
+    if created:
+        server = request.getfixturevalue("pg_server")
+        for url in created:
+            server.drop(url)
+
+
+@pytest.fixture
+def runtime(make_settings: Callable[..., Settings]) -> Iterator[Runtime]:
+    rt = open_runtime(make_settings())
+    yield rt
+    rt.close()
+
+
+# -- SoftHSM2 ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HsmToken:
+    module: Path
+    label: str
+    pin_file: Path
+
+    def open(self) -> Pkcs11Provider:
+        return Pkcs11Provider(self.module, self.label, self.pin_file)
+
+
+@pytest.fixture
+def hsm_token(tmp_path: Path) -> HsmToken:
+    """A freshly initialized SoftHSM2 token of its own (no KEK on it yet)."""
+    module = Path(_need("VAULT_TEST_PKCS11_MODULE"))
+    _need("SOFTHSM2_CONF")
+    label = f"mv-{uuid.uuid4().hex[:12]}"
+    pin = uuid.uuid4().hex
+    subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", uuid.uuid4().hex, "--pin", pin],
+        check=True,
+        capture_output=True,
+    )
+    pin_file = tmp_path / "hsm-pin"
+    pin_file.write_text(pin)
+    pin_file.chmod(0o600)
+    return HsmToken(module, label, pin_file)
