@@ -22,10 +22,13 @@ _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PATH = re.compile(r"^/[A-Za-z0-9/_{}.-]{0,200}$")
+# Phone, ID and card numbers are digit runs; names and request ids never need five digits in a row.
+_DIGIT_RUN = re.compile(r"[0-9]{5}")
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
 
 
 def _name(value: object) -> bool:
-    return isinstance(value, str) and bool(_NAME.match(value))
+    return isinstance(value, str) and bool(_NAME.match(value)) and not _DIGIT_RUN.search(value)
 
 
 def _names(value: object) -> bool:
@@ -45,11 +48,11 @@ def _hex_id(value: object) -> bool:
 
 
 def _request_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_REQUEST_ID.match(value))
+    return isinstance(value, str) and bool(_REQUEST_ID.match(value)) and not _DIGIT_RUN.search(value)
 
 
 def _path(value: object) -> bool:
-    return isinstance(value, str) and bool(_PATH.match(value))
+    return isinstance(value, str) and bool(_PATH.match(value)) and not _DIGIT_RUN.search(_HEX_RUN.sub("", value))
 
 
 def _timestamp(value: object) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,10 +27,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAULT_", env_file=".env", extra="ignore", frozen=True)
 
     data_dir: Path = Path("./var")
-    database_url: str | None = None
-    migration_database_url: str | None = None
-    keystore_url: str | None = None
-    keystore_migration_url: str | None = None
+    database_url: SecretStr | None = None
+    migration_database_url: SecretStr | None = None
+    keystore_url: SecretStr | None = None
+    keystore_migration_url: SecretStr | None = None
     env: Env = Env.development
     key_provider: KeyProviderName = KeyProviderName.local
     pkcs11_module: Path | None = None
@@ -54,23 +54,28 @@ class Settings(BaseSettings):
 
     @property
     def data_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'vault.db').resolve()}"
+        return _reveal(self.database_url) or f"sqlite:///{(self.data_dir / 'vault.db').resolve()}"
 
     @property
     def data_migration_url(self) -> str:
-        return self.migration_database_url or self.data_url
+        return _reveal(self.migration_database_url) or self.data_url
 
     @property
     def keys_url(self) -> str:
-        return self.keystore_url or f"sqlite:///{(self.data_dir / 'keys' / 'keystore.db').resolve()}"
+        return _reveal(self.keystore_url) or f"sqlite:///{(self.data_dir / 'keys' / 'keystore.db').resolve()}"
 
     @property
     def keys_migration_url(self) -> str:
-        return self.keystore_migration_url or self.keys_url
+        return _reveal(self.keystore_migration_url) or self.keys_url
 
     @property
     def is_production(self) -> bool:
         return self.env is Env.production
+
+
+def _reveal(url: SecretStr | None) -> str | None:
+    """Database URLs may carry a password: they are SecretStr, revealed only to build an engine."""
+    return url.get_secret_value() if url is not None else None
 
 
 __all__ = ["Env", "KeyProviderName", "Settings"]

@@ -21,6 +21,7 @@ tampering, truncation — raises the one :class:`DecryptionError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -35,8 +36,11 @@ FORMAT_V1 = 1
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _HEADER = struct.Struct(">BI")
-_OVERHEAD = _HEADER.size + NONCE_BYTES + TAG_BYTES
+_BODY = _HEADER.size + NONCE_BYTES
+_OVERHEAD = _BODY + TAG_BYTES
 _AAD_LABEL = b"member-vault/field/v1"
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 
 RandomSource = Callable[[int], bytes]
 
@@ -50,19 +54,26 @@ class FieldContext:
     field: str
 
     def aad(self, key_version: int) -> bytes:
-        parts = [_AAD_LABEL]
-        for text in (self.table, self.record_id, self.field):
-            raw = text.encode()
-            parts.append(struct.pack(">H", len(raw)))
-            parts.append(raw)
-        parts.append(struct.pack(">I", key_version))
-        return b"".join(parts)
+        record = self.record_id.encode()
+        return _aad_table(self.table) + _U16.pack(len(record)) + record + _aad_field(self.field) + _U32.pack(key_version)
+
+
+@functools.lru_cache(maxsize=64)
+def _aad_table(table: str) -> bytes:
+    raw = table.encode()
+    return _AAD_LABEL + _U16.pack(len(raw)) + raw
+
+
+@functools.lru_cache(maxsize=256)
+def _aad_field(field: str) -> bytes:
+    raw = field.encode()
+    return _U16.pack(len(raw)) + raw
 
 
 class FieldCipher:
     """AES-256-GCM under one data key of a known version."""
 
-    __slots__ = ("_aead", "_random", "key_version")
+    __slots__ = ("_aead", "_header", "_random", "key_version")
 
     def __init__(self, key: bytes, key_version: int, random: RandomSource = os.urandom) -> None:
         if len(key) != 32:
@@ -70,21 +81,21 @@ class FieldCipher:
         self._aead = AESGCM(key)
         self._random = random
         self.key_version = key_version
+        self._header = _HEADER.pack(FORMAT_V1, key_version)
 
     def encrypt(self, plaintext: bytes, where: FieldContext) -> bytes:
         nonce = self._random(NONCE_BYTES)
         if len(nonce) != NONCE_BYTES:
             raise ValueError("random source returned a short nonce")
-        sealed = self._aead.encrypt(nonce, plaintext, where.aad(self.key_version))
-        return _HEADER.pack(FORMAT_V1, self.key_version) + nonce + sealed
+        return self._header + nonce + self._aead.encrypt(nonce, plaintext, where.aad(self.key_version))
 
     def decrypt(self, ciphertext: bytes, where: FieldContext) -> bytes:
-        fmt, version = read_header(ciphertext)
-        if fmt != FORMAT_V1 or version != self.key_version:
+        # The header is public: a plain comparison leaks nothing.
+        if len(ciphertext) < _OVERHEAD or ciphertext[: _HEADER.size] != self._header:
+            read_header(ciphertext)  # an unknown format gets its own (still opaque) error
             raise DecryptionError
-        nonce = ciphertext[_HEADER.size : _HEADER.size + NONCE_BYTES]
         try:
-            return self._aead.decrypt(nonce, ciphertext[_HEADER.size + NONCE_BYTES :], where.aad(version))
+            return self._aead.decrypt(ciphertext[_HEADER.size : _BODY], ciphertext[_BODY:], where.aad(self.key_version))
         except InvalidTag:
             raise DecryptionError from None
 

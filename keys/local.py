@@ -80,10 +80,8 @@ class LocalKeyring:
         return version, nonce + self._aeads[version].encrypt(nonce, key, aad)
 
     def unwrap(self, kek_version: int, blob: bytes, aad: bytes) -> bytes:
+        self._refresh()  # a version retired by another process is dead here too
         aead = self._aeads.get(kek_version)
-        if aead is None:
-            self._refresh(force=True)
-            aead = self._aeads.get(kek_version)
         if aead is None or len(blob) <= _NONCE:
             raise DecryptionError
         try:

@@ -20,22 +20,25 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
-from keys.models import KekWrapsRow, MemberKeyRow, RootKeyRow
+from keys.models import KekWrapsRow, KeystoreBase, MemberKeyRow, RootKeyRow
 from keys.provider import KekProvider
 
 DATA_SCOPE = "data"
-_mk = MemberKeyRow.__table__
-_rk = RootKeyRow.__table__
-_kw = KekWrapsRow.__table__
+
+
+_KEY_COLUMNS = (MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
+_LOAD_ALL = select(*_KEY_COLUMNS).where(MemberKeyRow.owner_id == bindparam("owner"))
+_LOAD_ONE_SCOPE = _LOAD_ALL.where(MemberKeyRow.scope == bindparam("scope"))
 
 
 def retention_scope(expiry_year: int) -> str:
@@ -117,6 +120,18 @@ class MemberKeys:
         self._random = random
         self._now = now
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A writing transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE).
+
+        ``sqlite_immediate`` is the execution option vault.storage.engine's SQLite
+        engines honour; other engines ignore it.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
     # -- creating keys -------------------------------------------------------
 
     def create(self, owners: Sequence[str], scope: str = DATA_SCOPE) -> dict[str, FieldCipher]:
@@ -131,8 +146,8 @@ class MemberKeys:
             self._cache.put((owner, scope, 1, blob), cipher)
             made[owner] = cipher
         if rows:
-            with self.engine.begin() as conn:
-                conn.execute(insert(_mk), rows)
+            with self._write() as conn:
+                conn.execute(insert(MemberKeyRow), rows)
                 self._count_wraps(conn, kek_version, len(rows))
         return made
 
@@ -144,8 +159,8 @@ class MemberKeys:
         key = self._random(32)
         kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
         row = {"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()}
-        with self.engine.begin() as conn:
-            stmt = self._insert_ignore(_mk).values(**row)
+        with self._write() as conn:
+            stmt = self._insert_ignore(MemberKeyRow).values(**row)
             if conn.execute(stmt).rowcount:
                 self._count_wraps(conn, kek_version, 1)
         return self.load(owner, scopes=(scope,)).get(scope, 1)
@@ -154,22 +169,26 @@ class MemberKeys:
 
     def load(self, owner: str, scopes: Iterable[str] | None = None) -> MemberKeySet:
         """Every live key of ``owner`` (or of the given scopes), unwrapped; one query."""
-        stmt = select(_mk.c.scope, _mk.c.version, _mk.c.kek_version, _mk.c.wrapped).where(_mk.c.owner_id == owner)
-        if scopes is not None:
-            stmt = stmt.where(_mk.c.scope.in_(list(scopes)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+        wanted = None if scopes is None else tuple(scopes)
+        if wanted is not None and len(wanted) == 1:
+            rows = self._fetch(_LOAD_ONE_SCOPE, {"owner": owner, "scope": wanted[0]})
+        else:
+            rows = [r for r in self._fetch(_LOAD_ALL, {"owner": owner}) if wanted is None or r.scope in wanted]
         ciphers: dict[tuple[str, int], FieldCipher] = {}
         for scope, version, kek_version, wrapped in rows:
             ciphers[(scope, version)] = self._unwrap(owner, scope, version, kek_version, bytes(wrapped))
         return MemberKeySet(owner, ciphers)
+
+    def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[Row[str, int, int, bytes]]:
+        with self.engine.connect() as conn:
+            return conn.execute(stmt, params).all()
 
     def live_owners(self, owners: Iterable[str], scope: str = DATA_SCOPE) -> set[str]:
         """The subset of ``owners`` whose ``scope`` key is live."""
         wanted = list(dict.fromkeys(owners))
         if not wanted:
             return set()
-        stmt = select(_mk.c.owner_id).where(_mk.c.scope == scope, _mk.c.owner_id.in_(wanted))
+        stmt = select(MemberKeyRow.owner_id).where(MemberKeyRow.scope == scope, MemberKeyRow.owner_id.in_(wanted))
         with self.engine.connect() as conn:
             return set(conn.scalars(stmt))
 
@@ -188,13 +207,18 @@ class MemberKeys:
         """The current version of a root key, created on first use."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(_rk.c.version, _rk.c.kek_version, _rk.c.wrapped).where(_rk.c.name == name).order_by(_rk.c.version.desc()).limit(1)
+                select(RootKeyRow.version, RootKeyRow.kek_version, RootKeyRow.wrapped)
+                .where(RootKeyRow.name == name)
+                .order_by(RootKeyRow.version.desc())
+                .limit(1)
             ).first()
         if row is None:
             key = self._random(32)
             kek_version, blob = self.provider.wrap(key, _root_aad(name, 1))
-            with self.engine.begin() as conn:
-                if conn.execute(self._insert_ignore(_rk).values(name=name, version=1, kek_version=kek_version, wrapped=blob, created_at=self._now())).rowcount:
+            with self._write() as conn:
+                if conn.execute(
+                    self._insert_ignore(RootKeyRow).values(name=name, version=1, kek_version=kek_version, wrapped=blob, created_at=self._now())
+                ).rowcount:
                     self._count_wraps(conn, kek_version, 1)
             return self.root_key(name)
         version, kek_version, wrapped = row
@@ -205,19 +229,19 @@ class MemberKeys:
     def shred(self, owner: str, scopes: Iterable[str]) -> int:
         """Destroy the owner's keys of the given scopes; idempotent. Returns rows deleted."""
         scope_list = list(scopes)
-        with self.engine.begin() as conn:
-            deleted = conn.execute(delete(_mk).where(_mk.c.owner_id == owner, _mk.c.scope.in_(scope_list))).rowcount
+        with self._write() as conn:
+            deleted = conn.execute(delete(MemberKeyRow).where(MemberKeyRow.owner_id == owner, MemberKeyRow.scope.in_(scope_list))).rowcount
         self._cache.evict_owner(owner)
         self.checkpoint()
         return int(deleted)
 
     def scopes_of(self, owner: str) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.scalars(select(_mk.c.scope).where(_mk.c.owner_id == owner).distinct()))
+            return list(conn.scalars(select(MemberKeyRow.scope).where(MemberKeyRow.owner_id == owner).distinct()))
 
     def owners(self, scope: str = DATA_SCOPE, *, after: str = "", limit: int = 1000) -> list[str]:
         """Owners with a live key of ``scope``, in id order, for paged sweeps."""
-        stmt = select(_mk.c.owner_id).where(_mk.c.scope == scope, _mk.c.owner_id > after).order_by(_mk.c.owner_id).limit(limit)
+        stmt = select(MemberKeyRow.owner_id).where(MemberKeyRow.scope == scope, MemberKeyRow.owner_id > after).order_by(MemberKeyRow.owner_id).limit(limit)
         with self.engine.connect() as conn:
             return list(conn.scalars(stmt))
 
@@ -238,9 +262,11 @@ class MemberKeys:
         """
         current = self.provider.current_version()
         done = 0
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(
-                select(_mk.c.owner_id, _mk.c.scope, _mk.c.version, _mk.c.kek_version, _mk.c.wrapped).where(_mk.c.kek_version != current).limit(limit)
+                select(MemberKeyRow.owner_id, MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
+                .where(MemberKeyRow.kek_version != current)
+                .limit(limit)
             ).all()
             params = []
             for owner, scope, version, kek_version, wrapped in rows:
@@ -257,12 +283,14 @@ class MemberKeys:
         return done
 
     def _rewrap_roots(self, conn: Connection, current: int) -> int:
-        rows = conn.execute(select(_rk.c.name, _rk.c.version, _rk.c.kek_version, _rk.c.wrapped).where(_rk.c.kek_version != current)).all()
+        rows = conn.execute(
+            select(RootKeyRow.name, RootKeyRow.version, RootKeyRow.kek_version, RootKeyRow.wrapped).where(RootKeyRow.kek_version != current)
+        ).all()
         for name, version, kek_version, wrapped in rows:
             aad = _root_aad(name, version)
             key = self.provider.unwrap(kek_version, bytes(wrapped), aad)
             new_version, blob = self.provider.wrap(key, aad)
-            conn.execute(update(_rk).where(_rk.c.name == name, _rk.c.version == version).values(kek_version=new_version, wrapped=blob))
+            conn.execute(update(RootKeyRow).where(RootKeyRow.name == name, RootKeyRow.version == version).values(kek_version=new_version, wrapped=blob))
         if rows:
             self._count_wraps(conn, current, len(rows))
         return len(rows)
@@ -271,24 +299,24 @@ class MemberKeys:
         """How many stored keys each KEK version wraps."""
         counts: dict[int, int] = {}
         with self.engine.connect() as conn:
-            for table in (_mk, _rk):
-                for version, n in conn.execute(select(table.c.kek_version, func.count()).group_by(table.c.kek_version)):
+            for column in (MemberKeyRow.kek_version, RootKeyRow.kek_version):
+                for version, n in conn.execute(select(column, func.count()).group_by(column)):
                     counts[int(version)] = counts.get(int(version), 0) + int(n)
         return counts
 
     def wrap_counts(self) -> dict[int, int]:
         with self.engine.connect() as conn:
-            return {int(v): int(n) for v, n in conn.execute(select(_kw.c.kek_version, _kw.c.wraps))}
+            return {int(v): int(n) for v, n in conn.execute(select(KekWrapsRow.kek_version, KekWrapsRow.wraps))}
 
     def _count_wraps(self, conn: Connection, kek_version: int, n: int) -> None:
-        ins = self._insert_ignore(_kw).values(kek_version=kek_version, wraps=0)
+        ins = self._insert_ignore(KekWrapsRow).values(kek_version=kek_version, wraps=0)
         conn.execute(ins)
-        conn.execute(update(_kw).where(_kw.c.kek_version == kek_version).values(wraps=_kw.c.wraps + n))
+        conn.execute(update(KekWrapsRow).where(KekWrapsRow.kek_version == kek_version).values(wraps=KekWrapsRow.wraps + n))
 
-    def _insert_ignore(self, table: object) -> sqlite.Insert | postgresql.Insert:
+    def _insert_ignore(self, table: type[KeystoreBase]) -> sqlite.Insert | postgresql.Insert:
         if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
-        return sqlite.insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
 
 
 __all__ = ["DATA_SCOPE", "MemberKeySet", "MemberKeys", "retention_scope"]

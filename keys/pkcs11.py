@@ -9,7 +9,9 @@ the local provider. The current version is the highest one on the token.
 Retiring a version destroys its object.
 
 The process logs in once and keeps one session, guarded by a lock (PKCS#11
-sessions are not thread-safe). The PIN is read from a file and never logged.
+sessions are not thread-safe). A PKCS#11 login belongs to the whole process: a
+second provider on the same token shares it, and the first one's ``close``
+ends it — so a process keeps one long-lived provider. The PIN is read from a file and never logged.
 Device failures raise :class:`ProviderUnavailableError`; there is no fallback
 to another provider.
 """
@@ -19,18 +21,44 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.exceptions import PKCS11Error
+from pkcs11.exceptions import PKCS11Error, UserAlreadyLoggedIn
 from pkcs11.mechanisms import GCMParams
+from pkcs11.types import DecryptMixin, EncryptMixin, SecretKey
 
 from keys.errors import DecryptionError, KeyNotFoundError, ProviderUnavailableError
 from keys.provider import KekInfo
 
 LABEL_PREFIX = "member-vault-kek-v"
+
+
+def _one_shot(result: bytes | Iterator[bytes]) -> bytes:
+    """python-pkcs11 returns bytes for a single buffer (an iterator only for streamed input)."""
+    return result if isinstance(result, bytes) else b"".join(result)
+
+
+@dataclass(frozen=True, slots=True)
+class _AesKey:
+    """One KEK object on the token, seen through the two interfaces we use."""
+
+    enc: EncryptMixin
+    dec: DecryptMixin
+
+    def encrypt(self, data: bytes, param: GCMParams) -> bytes:
+        return _one_shot(self.enc.encrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=param))
+
+    def decrypt(self, data: bytes, param: GCMParams) -> bytes:
+        return _one_shot(self.dec.decrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=param))
+
+    def destroy(self) -> None:
+        self.enc.destroy()
+
+
 _LABEL = re.compile(r"^member-vault-kek-v([1-9][0-9]{0,8})$")
 _NONCE = 12
 
@@ -46,11 +74,16 @@ class Pkcs11Provider:
         try:
             lib = pkcs11.lib(str(module))
             token = lib.get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin, rw=True)
+            try:
+                self._session = token.open(user_pin=pin, rw=True)
+            except UserAlreadyLoggedIn:
+                # The login is per process: another provider of this process logged in already,
+                # and a new session shares it (it is ended when that provider closes).
+                self._session = token.open(rw=True)
         except (PKCS11Error, RuntimeError, OSError) as exc:
             raise ProviderUnavailableError(f"PKCS#11 token {token_label!r} unavailable: {type(exc).__name__}") from None
         self._lock = threading.Lock()
-        self._keys: dict[int, pkcs11.SecretKey] = {}
+        self._keys: dict[int, _AesKey] = {}
         self._scan()
 
     def current_version(self) -> int:
@@ -66,10 +99,10 @@ class Pkcs11Provider:
         nonce = os.urandom(_NONCE)
         with self._lock:
             try:
-                sealed = self._keys[version].encrypt(key, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128))
+                sealed = self._keys[version].encrypt(key, GCMParams(nonce, aad, 128))
             except PKCS11Error as exc:
                 raise ProviderUnavailableError(f"PKCS#11 wrap failed: {type(exc).__name__}") from None
-        return version, nonce + bytes(sealed)
+        return version, nonce + sealed
 
     def unwrap(self, kek_version: int, blob: bytes, aad: bytes) -> bytes:
         kek = self._keys.get(kek_version)
@@ -80,7 +113,7 @@ class Pkcs11Provider:
             raise DecryptionError
         with self._lock:
             try:
-                return bytes(kek.decrypt(blob[_NONCE:], mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(blob[:_NONCE], aad, 128)))
+                return kek.decrypt(blob[_NONCE:], GCMParams(blob[:_NONCE], aad, 128))
             except PKCS11Error:
                 raise DecryptionError from None
 
@@ -116,7 +149,10 @@ class Pkcs11Provider:
         if version == self.current_version():
             raise ProviderUnavailableError(f"KEK version {version} is current and cannot be retired")
         with self._lock:
-            self._keys.pop(version).destroy()
+            try:
+                self._keys.pop(version).destroy()
+            except PKCS11Error as exc:
+                raise ProviderUnavailableError(f"PKCS#11 key destruction failed: {type(exc).__name__}") from None
 
     def check(self) -> None:
         aad = b"member-vault/kek-check"
@@ -132,16 +168,18 @@ class Pkcs11Provider:
                 return
 
     def _scan(self) -> None:
-        found: dict[int, pkcs11.SecretKey] = {}
+        found: dict[int, _AesKey] = {}
         with self._lock:
             try:
                 objects = list(self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}))
             except PKCS11Error as exc:
                 raise ProviderUnavailableError(f"PKCS#11 token unavailable: {type(exc).__name__}") from None
         for obj in objects:
-            match = _LABEL.match(obj.label or "")
-            if match and isinstance(obj, pkcs11.SecretKey):
-                found[int(match.group(1))] = obj
+            if not isinstance(obj, SecretKey | EncryptMixin | DecryptMixin):
+                continue
+            match = _LABEL.match(obj.label or "") if isinstance(obj, SecretKey) else None
+            if match and isinstance(obj, EncryptMixin) and isinstance(obj, DecryptMixin):
+                found[int(match.group(1))] = _AesKey(obj, obj)
         self._keys = found
 
 

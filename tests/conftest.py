@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pkcs11
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -208,4 +209,7 @@ def hsm_token(tmp_path: Path) -> HsmToken:
     pin_file = tmp_path / "hsm-pin"
     pin_file.write_text(pin)
     pin_file.chmod(0o600)
+    # SoftHSM2 scans its token directory only at C_Initialize, and python-pkcs11 keeps the
+    # library initialized for the process: re-initialize so the new token is found.
+    pkcs11.lib(str(module)).reinitialize()
     return HsmToken(module, label, pin_file)

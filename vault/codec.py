@@ -1,9 +1,9 @@
 """Encoding of field values to bytes before encryption, and back.
 
-A value is JSON (UTF-8, compact, no ASCII escaping) of its normalized form:
-strings as strings, dates and datetimes as ISO 8601 strings, lists as arrays,
-money and integers as numbers. Decoding restores the Python type from the
-data map's ``Kind``. Rows are encrypted field by field with
+A value is encoded by its data-map ``Kind``: a string kind as its UTF-8 bytes,
+a date or datetime as its ISO 8601 string, lists and numbers as compact JSON
+(UTF-8, no ASCII escaping). Decoding restores the Python type from the same
+``Kind``. Rows are encrypted field by field with
 ``keys.field_cipher``; the record id in the associated data is the row's
 primary key.
 """
@@ -19,27 +19,35 @@ from keys.field_cipher import FieldCipher, FieldContext
 from vault import data_map as dm
 from vault.errors import RecordIntegrityError
 
+_JSON_KINDS = frozenset({dm.Kind.text_list, dm.Kind.enum_list, dm.Kind.money, dm.Kind.integer})
 
-def encode(value: object) -> bytes:
+
+def encode(f: dm.Field, value: object) -> bytes:
+    if f.kind in _JSON_KINDS:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     if isinstance(value, datetime | date):
-        value = value.isoformat()
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return value.isoformat().encode()
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"{f.qualified_name}: cannot encode a {type(value).__name__}")
 
 
 def decode(f: dm.Field, raw: bytes) -> object:
-    value = json.loads(raw)
+    if f.kind in _JSON_KINDS:
+        return json.loads(raw)
+    text = raw.decode()
     if f.kind is dm.Kind.date:
-        return date.fromisoformat(value)
+        return date.fromisoformat(text)
     if f.kind is dm.Kind.datetime:
-        return datetime.fromisoformat(value)
-    return value
+        return datetime.fromisoformat(text)
+    return text
 
 
 def seal(cipher: FieldCipher, f: dm.Field, record_id: str, value: object, *, table: str | None = None) -> bytes | None:
     """Encrypt one value where it will be stored (``table`` defaults to the field's own)."""
     if value is None:
         return None
-    return cipher.encrypt(encode(value), FieldContext(table or f.table.value, record_id, f.name))
+    return cipher.encrypt(encode(f, value), FieldContext(table or f.table.value, record_id, f.name))
 
 
 def open_sealed(cipher: FieldCipher, f: dm.Field, record_id: str, sealed: bytes | None, *, table: str | None = None) -> object:

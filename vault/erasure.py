@@ -33,11 +33,11 @@ from keys.member_keys import MemberKeys, retention_scope
 from keys.models import MemberKeyRow
 from vault import data_map as dm
 from vault.errors import NotFoundError
+from vault.storage.engine import write_transaction
 from vault.storage.schema import blind_index, erasures, field_history, members, treatments
 
 STEPS = ("tombstoned", "scrubbed", "keys_shredded", "done")
 _ENCRYPTED_MEMBER_COLUMNS = {f.name: None for f in dm.fields_of(dm.Table.members) if f.encrypted}
-_mk = MemberKeyRow.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class Eraser:
 
     def erase(self, member_id: str) -> ErasureReport:
         self._tombstone(member_id)
-        with self._engine.begin() as conn:
+        with write_transaction(self._engine) as conn:
             conn.execute(delete(blind_index).where(blind_index.c.member_id == member_id))
             conn.execute(delete(field_history).where(field_history.c.member_id == member_id))
             conn.execute(update(members).where(members.c.member_id == member_id).values(**_ENCRYPTED_MEMBER_COLUMNS))
@@ -63,10 +63,10 @@ class Eraser:
         scopes = self._keys.scopes_of(member_id)
         doomed = [s for s in scopes if not s.startswith("retention-")]
         shredded = self._keys.shred(member_id, doomed) if doomed else 0
-        with self._engine.begin() as conn:
+        with write_transaction(self._engine) as conn:
             self._step(conn, member_id, "keys_shredded")
         self._checkpoint()
-        with self._engine.begin() as conn:
+        with write_transaction(self._engine) as conn:
             self._step(conn, member_id, "done", completed=True)
         return ErasureReport(member_id, shredded, tuple(sorted(s for s in scopes if s.startswith("retention-"))))
 
@@ -91,16 +91,20 @@ class Eraser:
     def expire_retention(self, today: datetime) -> int:
         """Shred retention keys whose year has ended and delete the records they protected."""
         with self._engine.connect() as conn:
-            expired = list(conn.execute(select(treatments.c.member_id, treatments.c.retention_year).where(treatments.c.retention_year < today.year).distinct()))
+            expired = list(
+                conn.execute(
+                    select(treatments.c.member_id, treatments.c.retention_year).where(treatments.c.retention_year < today.astimezone(UTC).year).distinct()
+                )
+            )
         for member_id, year in expired:
             self._keys.shred(member_id, [retention_scope(year)])
-            with self._engine.begin() as conn:
+            with write_transaction(self._engine) as conn:
                 conn.execute(delete(treatments).where(treatments.c.member_id == member_id, treatments.c.retention_year == year))
         return len(expired)
 
     def _created_before(self, owner: str, cutoff: datetime) -> bool:
         with self._keys.engine.connect() as conn:
-            created = conn.scalar(select(_mk.c.created_at).where(_mk.c.owner_id == owner).limit(1))
+            created = conn.scalar(select(MemberKeyRow.created_at).where(MemberKeyRow.owner_id == owner).limit(1))
         if created is None:
             return False
         if created.tzinfo is None:
@@ -108,7 +112,7 @@ class Eraser:
         return bool(created < cutoff)
 
     def _tombstone(self, member_id: str) -> None:
-        with self._engine.begin() as conn:
+        with write_transaction(self._engine) as conn:
             if conn.execute(select(members.c.member_id).where(members.c.member_id == member_id)).first() is None:
                 raise NotFoundError(f"no member {member_id}")
             now = self._now()
@@ -128,4 +132,4 @@ class Eraser:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-__all__ = ["STEPS", "ErasureReport", "Eraser"]
+__all__ = ["STEPS", "Eraser", "ErasureReport"]

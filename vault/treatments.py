@@ -49,7 +49,7 @@ class TreatmentRepository:
         self._now = now
 
     def add(self, conn: Connection, member_id: str, values: Mapping[str, object]) -> TreatmentId:
-        if not _is_live(conn, member_id):
+        if not self._is_live(conn, member_id):
             raise NotFoundError(f"no member {member_id}")
         clean = validate_values(dm.Table.treatments, values, partial=False)
         performed_at = clean["performed_at"]
@@ -63,7 +63,7 @@ class TreatmentRepository:
         return treatment_id
 
     def list_for_member(self, conn: Connection, member_id: str) -> list[Treatment]:
-        if not _is_live(conn, member_id):
+        if not self._is_live(conn, member_id):
             raise MemberErasedError(f"member {member_id} is not readable")
         return self._decrypt_rows(member_id, self._rows(conn, member_id))
 
@@ -75,7 +75,7 @@ class TreatmentRepository:
         row = conn.execute(select(treatments).where(treatments.c.treatment_id == treatment_id)).first()
         if row is None:
             raise NotFoundError(f"no treatment {treatment_id}")
-        if not _is_live(conn, row.member_id):
+        if not self._is_live(conn, row.member_id):
             raise MemberErasedError(f"member {row.member_id} is not readable")
         return self._decrypt_rows(row.member_id, [row])[0]
 
@@ -99,10 +99,10 @@ class TreatmentRepository:
             out.append(Treatment(TreatmentId(tid), member_id, int(m["retention_year"]), values))
         return out
 
-
-def _is_live(conn: Connection, member_id: str) -> bool:
-    row = conn.execute(select(members.c.erased_at).where(members.c.member_id == member_id)).first()
-    return row is not None and row.erased_at is None
+    def _is_live(self, conn: Connection, member_id: str) -> bool:
+        """Not tombstoned here, and the data key is live (a restored backup has no tombstone)."""
+        row = conn.execute(select(members.c.erased_at).where(members.c.member_id == member_id)).first()
+        return row is not None and row.erased_at is None and bool(self._keys.live_owners([member_id]))
 
 
 __all__ = ["Treatment", "TreatmentRepository", "retention_year"]

@@ -296,12 +296,14 @@ _UNKNOWN: Final = object()  # a related value that is itself invalid: no cross-c
 def _check_document(
     f: Field,
     fields: Mapping[str, Field],
-    write: tuple[Mapping[str, object], Mapping[str, object], dict[str, object]],
     problems: dict[str, str],
+    *,
+    values: Mapping[str, object],
+    current: Mapping[str, object],
+    out: dict[str, object],
     today: date | None,
 ) -> None:
     """Check a document number against the id type and birth date stored with it."""
-    values, current, out = write
 
     def after_write(name: str) -> object:
         if name in values:
@@ -346,7 +348,8 @@ def validate_values(
     (``partial=True``) gives only the fields it changes; ``None`` clears a field
     that is not required. ``current`` (the stored values a patch applies to)
     supplies the id type and birth date a document number is checked against, and
-    a patch of either re-checks the stored number. Returns the given fields
+    a patch of either re-checks the stored number; ``today`` (default: the current
+    date) bounds the birth date in a resident ID. Returns the given fields
     normalized (blank optional text becomes ``None``).
     """
     fields = {f.name: f for f in fields_of(table)}
@@ -373,7 +376,7 @@ def validate_values(
         if f.required and not partial and values.get(f.name) is None:
             problems.setdefault(f.name, "required")
         if f.kind is Kind.document_number:
-            _check_document(f, fields, (values, current or {}, out), problems, today)
+            _check_document(f, fields, problems, values=values, current=current or {}, out=out, today=today)
     if problems:
         raise ValidationError(problems)
     return out

@@ -6,7 +6,6 @@ standard error. Long work shows a progress bar on standard error.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +13,9 @@ from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,13 +45,19 @@ def _fail(reason: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-@contextmanager
-def _runtime() -> Iterator[Runtime]:
+def _settings() -> Settings:
     try:
         settings = Settings()
-    except ValueError as exc:
-        _fail(f"invalid settings: {exc.__class__.__name__}")
+    except ValidationError as exc:
+        names = sorted({"VAULT_" + str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]} or {"VAULT_*"})
+        _fail(f"invalid settings: {', '.join(names)}")
     oplog.configure(settings.log_level)
+    return settings
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    settings = _settings()
     try:
         rt = open_runtime(settings)
     except (KeysError, VaultError) as exc:
@@ -65,14 +73,13 @@ def _runtime() -> Iterator[Runtime]:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False, console=None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
 
 
 @app.command()
 def init() -> None:
     """Create the data directory and keyring, and migrate both databases (idempotent)."""
-    settings = Settings()
-    oplog.configure(settings.log_level)
+    settings = _settings()
     try:
         for line in init_vault(settings):
             typer.echo(line)
@@ -80,6 +87,8 @@ def init() -> None:
         _fail(str(exc))
     except SQLAlchemyError as exc:
         _fail(f"database unavailable ({exc.__class__.__name__})")
+    except OSError as exc:
+        _fail(f"cannot prepare the data directory {settings.data_dir}: {exc.strerror}")
     typer.echo(f"vault ready in {settings.data_dir}")
 
 
@@ -90,9 +99,9 @@ def demo_seed(
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the vault already has members.")] = False,
 ) -> None:
     """Create synthetic members with treatments and card-ledger entries."""
+    if _settings().is_production:
+        _fail("demo data is refused in production mode")
     with _runtime() as rt:
-        if rt.settings.is_production:
-            _fail("demo data is refused in production mode")
         if if_empty:
             with rt.data_engine.connect() as conn:
                 if conn.scalar(select(func.count()).select_from(members)):
@@ -123,9 +132,19 @@ def keys_rotate(
     typer.echo(f"{action} KEK version {report.kek_version}; re-wrapped {report.rewrapped} keys; retired versions: {retired}")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn (access log without query strings)."""
+    uvicorn.run("api.app:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False, server_header=False)
+
+
 def main() -> None:
     app(prog_name="vaultctl")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vault.value_sets import TreatmentCategory as TC
+from vault.value_sets import TreatmentCategory
+
+TC = TreatmentCategory
 
 # clinic id -> (city, resident-ID area code of a district there)
 CLINICS: dict[str, tuple[str, str]] = {

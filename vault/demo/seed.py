@@ -31,6 +31,7 @@ from vault.codec import to_columns
 from vault.demo import catalog
 from vault.ids import new_id
 from vault.members import MemberRepository
+from vault.storage.engine import write_transaction
 from vault.storage.schema import blind_index, ledger_entries, members, treatments
 from vault.treatments import retention_year
 from vault.validation import validate_values
@@ -96,7 +97,7 @@ def seed_members(
                         **to_columns(cipher, _LEDGER_FIELDS, eid, validate_values(dm.Table.ledger_entries, e, partial=False)),
                     }
                 )
-        with engine.begin() as conn:
+        with write_transaction(engine) as conn:
             conn.execute(insert(members), member_rows)
             if index_rows:
                 conn.execute(insert(blind_index), index_rows)

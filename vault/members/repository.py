@@ -17,11 +17,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, insert, select, update
 
 from keys.blind_index import BlindIndex
 from keys.errors import KeyNotFoundError
@@ -54,8 +55,15 @@ class MemberRepository:
     def __init__(self, keys: MemberKeys, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._keys = keys
         self._now = now
-        root = keys.root_key(BLIND_INDEX_ROOT)
-        self._indexes = {name: BlindIndex(root, f.qualified_name) for name, f in _SEARCHABLE.items()}
+        self._index_keys: dict[str, BlindIndex] | None = None
+
+    @property
+    def _indexes(self) -> dict[str, BlindIndex]:
+        """Per-field blind-index keys, derived on first use (the root key is created then)."""
+        if self._index_keys is None:
+            root = self._keys.root_key(BLIND_INDEX_ROOT)
+            self._index_keys = {name: BlindIndex(root, f.qualified_name) for name, f in _SEARCHABLE.items()}
+        return self._index_keys
 
     # -- create --------------------------------------------------------------
 
@@ -76,7 +84,7 @@ class MemberRepository:
             conn.execute(insert(blind_index), entries)
 
     def index_entries(self, member_id: str, clean: Mapping[str, object]) -> list[dict[str, object]]:
-        entries = []
+        entries: list[dict[str, object]] = []
         for name, index in self._indexes.items():
             value = clean.get(name)
             if isinstance(value, str):
@@ -86,17 +94,17 @@ class MemberRepository:
     # -- read ----------------------------------------------------------------
 
     def read(self, conn: Connection, member_id: str, categories: Collection[dm.Category]) -> MemberView:
-        wanted = [f for f in _MEMBER_FIELDS if f.category in categories]
-        cols = [members.c[f.name] for f in wanted]
-        row = conn.execute(select(members.c.key_version, members.c.erased_at, *cols).where(members.c.member_id == member_id)).first()
+        wanted, stmt = _read_plan(frozenset(categories))
+        row = conn.execute(stmt, {"member_id": member_id}).first()
         if row is None:
             raise NotFoundError(f"no member {member_id}")
         if row.erased_at is not None:
             raise MemberErasedError(f"member {member_id} was erased")
         cipher = self._cipher(member_id, row.key_version) if any(f.encrypted for f in wanted) else None
         values: dict[dm.Category, dict[str, object]] = {c: {} for c in dm.categories_of(dm.Table.members) if c in categories}
+        mapping = row._mapping
         for f in wanted:
-            raw = row._mapping[f.name]
+            raw = mapping[f.name]
             values[f.category][f.name] = open_sealed(cipher, f, member_id, raw) if cipher is not None and f.encrypted else raw
         return MemberView(MemberId(member_id), values)
 
@@ -107,8 +115,9 @@ class MemberRepository:
             raise MemberErasedError(f"member {member_id} has no live data key") from None
 
     def exists(self, conn: Connection, member_id: str) -> bool:
+        """Not tombstoned and the data key is live (a restored backup carries no tombstone)."""
         row = conn.execute(select(members.c.erased_at).where(members.c.member_id == member_id)).first()
-        return row is not None and row.erased_at is None
+        return row is not None and row.erased_at is None and bool(self._keys.live_owners([member_id]))
 
     # -- rectify -------------------------------------------------------------
 
@@ -199,6 +208,14 @@ class MemberRepository:
         found = list(conn.scalars(stmt))
         live = self._keys.live_owners(found)
         return [MemberId(m) for m in found if m in live]
+
+
+@functools.lru_cache(maxsize=64)
+def _read_plan(categories: frozenset[dm.Category]) -> tuple[tuple[dm.Field, ...], Select[*tuple[object, ...]]]:
+    """The fields of some categories and the one statement that reads them (built once per set)."""
+    wanted = tuple(f for f in _MEMBER_FIELDS if f.category in categories)
+    stmt = select(members.c.key_version, members.c.erased_at, *(members.c[f.name] for f in wanted)).where(members.c.member_id == bindparam("member_id"))
+    return wanted, stmt
 
 
 __all__ = ["BLIND_INDEX_ROOT", "MemberRepository", "MemberView"]

@@ -5,7 +5,8 @@ SQLite (the embedded default), on every connection: WAL journal,
 ``foreign_keys=ON``, ``secure_delete=ON`` (freed pages are zeroed, so a
 shredded key does not linger in the file), a busy timeout. pysqlite's own
 transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself, as
-SQLAlchemy documents, so savepoints and ``BEGIN IMMEDIATE`` work.
+SQLAlchemy documents, so savepoints work; a transaction that will write is
+opened with ``write_transaction`` (``BEGIN IMMEDIATE``).
 
 PostgreSQL through psycopg 3: ``pool_pre_ping`` and a connect timeout, so a
 database that went away fails fast instead of hanging.
@@ -14,12 +15,15 @@ database that went away fails fast instead of hanging.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Execution option: begin this connection's transactions with BEGIN IMMEDIATE (keys/ uses the same name).
+SQLITE_IMMEDIATE = "sqlite_immediate"
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -34,7 +38,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
 
 
-def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -47,8 +51,23 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
         cursor.close()
 
 
-def _sqlite_on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(SQLITE_IMMEDIATE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-__all__ = ["make_engine"]
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock up front (``BEGIN IMMEDIATE``).
+
+    A deferred transaction that reads and then writes fails at once with "database
+    is locked" when another writer committed in between; an immediate one waits
+    for the lock (busy timeout) instead. On PostgreSQL this is a plain transaction.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        with conn.begin():
+            yield conn
+
+
+__all__ = ["SQLITE_IMMEDIATE", "make_engine", "write_transaction"]

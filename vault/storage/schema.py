@@ -11,6 +11,9 @@ the steps of a crypto-shredding so an interrupted erasure resumes.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -24,7 +27,8 @@ from sqlalchemy import (
     String,
     Table,
 )
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from vault import data_map as dm
 
@@ -41,12 +45,34 @@ metadata = MetaData(
 ID_LENGTH = 32
 
 
-def _plain_type(f: dm.Field) -> TypeEngine[object]:
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend (SQLite keeps no zone: it is restored on read).
+
+    A naive datetime is refused on write rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _plain_type(f: dm.Field) -> TypeEngine[Any]:
     match f.kind:
         case dm.Kind.date:
             return Date()
         case dm.Kind.datetime:
-            return DateTime(timezone=True)
+            return UtcDateTime()
         case dm.Kind.money | dm.Kind.integer:
             return BigInteger()
         case _:
@@ -58,7 +84,7 @@ def _data_columns(table: dm.Table) -> list[Column[object]]:
 
 
 def _ts(name: str, *, nullable: bool = False) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=nullable)
+    return Column(name, UtcDateTime(), nullable=nullable)
 
 
 members = Table(

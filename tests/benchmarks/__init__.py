@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): each measured against a plain baseline in the same run."""
