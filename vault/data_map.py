@@ -14,8 +14,11 @@ list of fields. Invariants checked at import time by ``_check``:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 
 from vault import value_sets as vs
 
@@ -202,8 +205,14 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
+@functools.cache
 def fields_of(table: Table) -> tuple[Field, ...]:
     return tuple(f for f in FIELDS if f.table is table)
+
+
+@functools.cache
+def fields_by_name(table: Table) -> Mapping[str, Field]:
+    return MappingProxyType({f.name: f for f in fields_of(table)})
 
 
 def field(table: Table, name: str) -> Field:
@@ -261,6 +270,7 @@ __all__ = [
     "blind_indexed",
     "categories_of",
     "field",
+    "fields_by_name",
     "fields_of",
     "member_fields_by_category",
 ]

@@ -26,7 +26,7 @@ from typing import Final, TypeVar
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from vault.data_map import Field, Kind, Table, fields_of
+from vault.data_map import Field, Kind, Table, fields_by_name
 from vault.errors import ValidationError
 from vault.value_sets import IdType
 
@@ -352,7 +352,7 @@ def validate_values(
     date) bounds the birth date in a resident ID. Returns the given fields
     normalized (blank optional text becomes ``None``).
     """
-    fields = {f.name: f for f in fields_of(table)}
+    fields = fields_by_name(table)
     problems: dict[str, str] = {}
     out: dict[str, object] = {}
     for name, raw in values.items():

@@ -6,6 +6,8 @@ standard error. Long work shows a progress bar on standard error.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,7 +27,7 @@ from api.runtime import Runtime, init_vault, open_runtime
 from api.settings import Settings
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
-from vault.demo import seed_members
+from vault.demo import seed_members_parallel
 from vault.errors import VaultError
 from vault.storage.schema import members
 
@@ -97,6 +99,7 @@ def demo_seed(
     members_: Annotated[int, typer.Option("--members", min=1, max=10_000_000, help="How many members to create.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the deterministic generator.")] = 1,
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the vault already has members.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=32, help="Worker processes; 0: one per CPU, at most 4.")] = 0,
 ) -> None:
     """Create synthetic members with treatments and card-ledger entries."""
     if _settings().is_production:
@@ -109,8 +112,13 @@ def demo_seed(
                     return
         with _progress() as bar:
             task = bar.add_task("seeding members", total=members_)
-            report = seed_members(
-                rt.data_engine, rt.keys, rt.members, count=members_, seed=seed, now=datetime.now(UTC), progress=lambda n: bar.update(task, completed=n)
+            report = seed_members_parallel(
+                functools.partial(open_runtime, rt.settings),
+                count=members_,
+                seed=seed,
+                now=datetime.now(UTC),
+                workers=workers or min(4, os.cpu_count() or 1),
+                progress=lambda n: bar.update(task, completed=n),
             )
         typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
 

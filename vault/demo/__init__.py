@@ -1,5 +1,5 @@
 """Synthetic demo data (development only; refused in production by vaultctl)."""
 
-from vault.demo.seed import SeedReport, seed_members
+from vault.demo.seed import SeedReport, SeedTarget, seed_members, seed_members_parallel
 
-__all__ = ["SeedReport", "seed_members"]
+__all__ = ["SeedReport", "SeedTarget", "seed_members", "seed_members_parallel"]

@@ -11,14 +11,18 @@ Seeding goes in batches through the same encryption and blind-index code as
 the repositories, with bulk inserts: member keys for a batch are wrapped and
 committed together, then the batch's rows in one data transaction. Every
 member, treatment and ledger entry is validated by ``validate_values``.
+``seed_members_parallel`` spreads the batches over worker processes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 from faker import Faker
 from sqlalchemy import Engine, insert
@@ -50,6 +54,16 @@ class SeedReport:
     member_ids: tuple[str, ...]
 
 
+class SeedTarget(Protocol):
+    """What a seeding worker opens: the data engine, the key store and the member repository."""
+
+    data_engine: Engine
+    keys: MemberKeys
+    members: MemberRepository
+
+    def close(self) -> None: ...
+
+
 def seed_members(
     engine: Engine,
     keys: MemberKeys,
@@ -59,15 +73,25 @@ def seed_members(
     seed: int,
     now: datetime,
     batch: int = 500,
+    first: int = 0,
     progress: Callable[[int], None] = lambda n: None,
 ) -> SeedReport:
-    rng = random.Random(seed)
+    """Seed members ``first`` to ``first + count - 1`` in this process.
+
+    Member ``i``'s contents depend only on ``seed``, ``i`` and ``batch`` (each batch
+    has its own generator state), so any split of the range over workers gives
+    the same members.
+    """
+    if first % batch:
+        raise ValueError("first must be a multiple of batch")
     fake = Faker("zh_CN")
-    fake.seed_instance(seed)
     ids: list[str] = []
     n_treat = n_ledger = 0
-    for start in range(0, count, batch):
-        size = min(batch, count - start)
+    for start in range(first, first + count, batch):
+        size = min(batch, first + count - start)
+        state = seed * 1_000_003 + start // batch
+        rng = random.Random(state)
+        fake.seed_instance(state)
         people = [_member_values(fake, rng, now, start + i) for i in range(size)]
         member_ids = [new_id() for _ in people]
         ciphers = keys.create(member_ids)
@@ -110,6 +134,55 @@ def seed_members(
         n_ledger += len(ledger_rows)
         progress(len(ids))
     return SeedReport(len(ids), n_treat, n_ledger, tuple(ids))
+
+
+def seed_members_parallel(
+    opener: Callable[[], SeedTarget],
+    *,
+    count: int,
+    seed: int,
+    now: datetime,
+    workers: int,
+    batch: int = 500,
+    progress: Callable[[int], None] = lambda n: None,
+) -> SeedReport:
+    """Seed with ``workers`` processes, each opening its own target with ``opener`` (picklable).
+
+    The range is cut into chunks of a few batches; the database serializes the
+    workers' short write transactions. Same members as ``seed_members`` for the
+    same ``seed`` and ``batch``.
+    """
+    chunk = batch * 4
+    starts = list(range(0, count, chunk))
+    if workers <= 1 or len(starts) < 2:
+        target = opener()
+        try:
+            return seed_members(target.data_engine, target.keys, target.members, count=count, seed=seed, now=now, batch=batch, progress=progress)
+        finally:
+            target.close()
+    reports: list[SeedReport] = []
+    done = 0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_seed_chunk, opener, first, min(chunk, count - first), seed=seed, now=now, batch=batch) for first in starts]
+        for future in as_completed(futures):
+            report = future.result()
+            reports.append(report)
+            done += report.members
+            progress(done)
+    return SeedReport(
+        sum(r.members for r in reports),
+        sum(r.treatments for r in reports),
+        sum(r.ledger_entries for r in reports),
+        tuple(mid for r in reports for mid in r.member_ids),
+    )
+
+
+def _seed_chunk(opener: Callable[[], SeedTarget], first: int, count: int, *, seed: int, now: datetime, batch: int) -> SeedReport:
+    target = opener()
+    try:
+        return seed_members(target.data_engine, target.keys, target.members, count=count, seed=seed, now=now, batch=batch, first=first)
+    finally:
+        target.close()
 
 
 def resident_id(area: str, born: date, sequence: int, *, female: bool) -> str:
