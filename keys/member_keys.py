@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keys.errors import KeyNotFoundError
@@ -34,6 +34,8 @@ from keys.models import KekWrapsRow, KeystoreBase, MemberKeyRow, RootKeyRow
 from keys.provider import KekProvider
 
 DATA_SCOPE = "data"
+RewrapCursor = tuple[str, str, int]
+_REWRAP = text("UPDATE member_keys SET kek_version = :kv, wrapped = :blob WHERE owner_id = :o AND scope = :s AND version = :v AND wrapped = :old")
 
 
 _KEY_COLUMNS = (MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
@@ -254,20 +256,27 @@ class MemberKeys:
     # -- KEK rotation --------------------------------------------------------
 
     def rewrap_batch(self, limit: int = 5000) -> int:
-        """Re-wrap up to ``limit`` keys not under the current KEK; returns how many.
+        """Re-wrap up to ``limit`` keys not under the current KEK; returns how many (0: done)."""
+        return self.rewrap_from(None, limit)[0]
 
-        Each batch is one transaction; an update applies only if the row still
-        holds the blob it was read with, so concurrent shredding or another
-        rewrapper is never overwritten. Safe to interrupt: run until it returns 0.
+    def rewrap_from(self, after: RewrapCursor | None, limit: int = 5000) -> tuple[int, RewrapCursor | None]:
+        """Re-wrap up to ``limit`` keys past ``after`` (primary-key order) not under the current KEK.
+
+        Returns how many were re-wrapped and the cursor to continue from (None at
+        the end), so a full pass reads each row once instead of rescanning the
+        table per batch. Each batch is one transaction; an update applies only if
+        the row still holds the blob it was read with, so concurrent shredding or
+        another rewrapper is never overwritten. Safe to interrupt and resume.
         """
         current = self.provider.current_version()
         done = 0
+        pk = tuple_(MemberKeyRow.owner_id, MemberKeyRow.scope, MemberKeyRow.version)
+        stmt = select(MemberKeyRow.owner_id, MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
+        if after is not None:
+            stmt = stmt.where(pk > tuple_(*after))
+        stmt = stmt.where(MemberKeyRow.kek_version != current).order_by(*pk.clauses).limit(limit)
         with self._write() as conn:
-            rows = conn.execute(
-                select(MemberKeyRow.owner_id, MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
-                .where(MemberKeyRow.kek_version != current)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(stmt).all()
             params = []
             for owner, scope, version, kek_version, wrapped in rows:
                 aad = _member_aad(owner, scope, version)
@@ -275,12 +284,12 @@ class MemberKeys:
                 new_version, blob = self.provider.wrap(key, aad)
                 params.append({"o": owner, "s": scope, "v": version, "old": bytes(wrapped), "kv": new_version, "blob": blob})
             if params:
-                stmt = text("UPDATE member_keys SET kek_version = :kv, wrapped = :blob WHERE owner_id = :o AND scope = :s AND version = :v AND wrapped = :old")
-                conn.execute(stmt, params)
+                conn.execute(_REWRAP, params)
                 self._count_wraps(conn, current, len(params))
                 done += len(params)
             done += self._rewrap_roots(conn, current)
-        return done
+        last = rows[-1] if len(rows) == limit else None
+        return done, (None if last is None else (str(last[0]), str(last[1]), int(last[2])))
 
     def _rewrap_roots(self, conn: Connection, current: int) -> int:
         rows = conn.execute(

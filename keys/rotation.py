@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keys.member_keys import MemberKeys
+from keys.member_keys import MemberKeys, RewrapCursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +39,18 @@ def rotate_kek(
         pending = sum(refs.values())
     done = 0
     progress(done, pending)
-    while True:
-        n = keys.rewrap_batch(batch)
-        if n == 0:
+    while True:  # passes over the key store until one finds nothing left under an old KEK
+        in_pass = 0
+        cursor: RewrapCursor | None = None
+        while True:
+            n, cursor = keys.rewrap_from(cursor, batch)
+            in_pass += n
+            done += n
+            progress(done, max(pending, done))
+            if cursor is None:
+                break
+        if in_pass == 0:
             break
-        done += n
-        progress(done, max(pending, done))
     return RotationReport(current, started, done, retire_unreferenced(keys))
 
 

@@ -12,6 +12,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -30,7 +31,7 @@ from keys.field_cipher import FieldCipher, FieldContext
 from keys.member_keys import _member_aad
 from keys.rotation import rotate_kek
 from vault import data_map as dm
-from vault.demo import seed_members
+from vault.demo import seed_members, seed_members_parallel
 from vault.storage.engine import make_engine
 
 REPEATS = 5
@@ -142,14 +143,20 @@ def bench_rewrap(settings: Settings, n_keys: int) -> dict[str, float]:
         rt.close()
 
 
-def bench_seed(settings: Settings, members: int) -> dict[str, float]:
-    rt = open_runtime(settings)
+def bench_seed(root: Path, members: int, workers: int) -> dict[str, float]:
+    """Seeding rate, as `vaultctl demo seed` runs it (worker processes), and in one process."""
+    parallel = _fresh(root, "seed-parallel")
+    start = time.perf_counter()
+    seed_members_parallel(functools.partial(open_runtime, parallel), count=members, seed=5, now=datetime.now(UTC), workers=workers)
+    rate = members / (time.perf_counter() - start)
+    rt = open_runtime(_fresh(root, "seed-single"))
     try:
         start = time.perf_counter()
         seed_members(rt.data_engine, rt.keys, rt.members, count=members, seed=5, now=datetime.now(UTC))
-        return {"members_per_s": members / (time.perf_counter() - start), "members": float(members)}
+        single = members / (time.perf_counter() - start)
     finally:
         rt.close()
+    return {"members_per_s": rate, "single_per_s": single, "members": float(members), "workers": float(workers)}
 
 
 def _fresh(root: Path, name: str) -> Settings:
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         fc = bench_field_cipher()
         rd = bench_member_read(_fresh(root, "read"), args.members)
         rw = bench_rewrap(_fresh(root, "rewrap"), args.keys)
-        sd = bench_seed(_fresh(root, "seed"), args.seed_members)
+        sd = bench_seed(root, args.seed_members, min(4, os.cpu_count() or 1))
     out = sys.stdout
     out.write("| benchmark | ours (median) | plain baseline (median) | ratio | target |\n|---|---|---|---|---|\n")
     out.write(f"| field encrypt+decrypt | {fc['ours_us']:.2f} µs | {fc['bare_us']:.2f} µs (bare AESGCM) | {fc['ratio']:.2f}× | ≤ 2× |\n")
@@ -180,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| KEK re-wrap, {int(rw['keys'])} keys (local, SQLite) | {rw['ours_per_s']:,.0f} keys/s | {rw['bare_per_s']:,.0f} keys/s (bare loop) "
         f"| {rw['ratio']:.2f}× | ≥ 70,000 keys/s |\n"
     )
-    out.write(f"| demo seed, {int(sd['members'])} members (SQLite) | {sd['members_per_s']:,.0f} members/s | — | — | ≥ 2,000 members/s |\n")
+    out.write(
+        f"| demo seed, {int(sd['members'])} members (SQLite) | {sd['members_per_s']:,.0f} members/s ({int(sd['workers'])} workers) "
+        f"| {sd['single_per_s']:,.0f} members/s (one process) | — | ≥ 2,000 members/s |\n"
+    )
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Each of ``members``, ``treatments`` and ``ledger_entries`` has a few structural
 columns declared here and one column per data-map field: an encrypted field is
-a nullable ``LargeBinary`` holding a field-cipher ciphertext (see
+a nullable ``Ciphertext`` (binary) column holding a field-cipher ciphertext (see
 ``keys.field_cipher``), a plain field a typed column. No other module lists
 fields. ``field_history`` keeps previous values (encrypted) on rectification;
 ``blind_index`` holds HMAC digests for equality search; ``erasures`` records
@@ -67,6 +67,15 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class Ciphertext(LargeBinary):
+    """A field-cipher ciphertext: ``bytes`` go to the driver as they are (no per-value wrapping)."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
 def _plain_type(f: dm.Field) -> TypeEngine[Any]:
     match f.kind:
         case dm.Kind.date:
@@ -80,7 +89,7 @@ def _plain_type(f: dm.Field) -> TypeEngine[Any]:
 
 
 def _data_columns(table: dm.Table) -> list[Column[object]]:
-    return [Column(f.name, LargeBinary() if f.encrypted else _plain_type(f), nullable=not (f.required and not f.encrypted)) for f in dm.fields_of(table)]
+    return [Column(f.name, Ciphertext() if f.encrypted else _plain_type(f), nullable=not (f.required and not f.encrypted)) for f in dm.fields_of(table)]
 
 
 def _ts(name: str, *, nullable: bool = False) -> Column[object]:
@@ -132,7 +141,7 @@ field_history = Table(
     Column("record_id", String(ID_LENGTH), nullable=False),
     Column("field", String(64), nullable=False),
     Column("key_version", Integer, nullable=False),
-    Column("previous", LargeBinary, nullable=True),
+    Column("previous", Ciphertext(), nullable=True),
     _ts("changed_at"),
     Index(None, "member_id", "changed_at"),
 )

@@ -1,0 +1,39 @@
+"""The one timestamp format of the audit log: RFC 3339, UTC, whole seconds, ``Z``.
+
+Exactly ``YYYY-MM-DDTHH:MM:SSZ`` (20 ASCII characters), e.g.
+``2026-11-22T16:00:00Z``. No fractions, no offsets other than ``Z``, no lower
+case: one instant has one spelling, so the canonical bytes of an event and the
+text of a checkpoint are stable.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_utc(moment: datetime) -> str:
+    """Spell an aware datetime in the log's format, dropping fractions of a second."""
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError("a naive datetime has no defined instant; pass an aware one")
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+
+
+def parse_utc(text: str) -> datetime:
+    """Read the log's format back into an aware UTC datetime; ``ValueError`` if it is not exactly that."""
+    if _PATTERN.fullmatch(text) is None:
+        raise ValueError("not an RFC 3339 UTC time with whole seconds and Z")
+    return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)
+
+
+def is_utc_seconds(text: str) -> bool:
+    try:
+        parse_utc(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,76 @@
+"""Errors of the audit log.
+
+    AuditError
+    ├── EventFormatError       an event, or its JSON form, breaks the event schema
+    ├── CanonicalJsonError     a value lies outside the canonical JSON subset (a float, a huge int, …)
+    ├── ProofRangeError        a proof was asked for a leaf index or tree sizes that do not exist
+    ├── NodeStoreError         a stored tree node is not a 32-byte hash
+    ├── NoteFormatError        a signed note or a key name is malformed
+    ├── VerifierKeyError       a verifier key string is malformed, or a set of them is ambiguous
+    ├── CheckpointFormatError  a checkpoint body is malformed
+    └── VerificationError      a signature, proof or export does not verify (one message, no oracle)
+
+The format errors are parser errors: each carries one precise reason for the
+operator, naming the line, field or rule — never the offending value, since a
+value might be personal data. ``VerificationError`` always says the same thing
+apart from the index it may name.
+"""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """Root of the audit log's errors."""
+
+
+class EventFormatError(AuditError):
+    """An audit event, or its JSON form, does not follow the event schema."""
+
+
+class CanonicalJsonError(AuditError):
+    """A value cannot be written as canonical JSON by this module's rules."""
+
+
+class ProofRangeError(AuditError):
+    """A proof was asked for numbers that do not name a leaf or tree size."""
+
+
+class NodeStoreError(AuditError):
+    """The node reader returned something that is not a 32-byte hash."""
+
+
+class NoteFormatError(AuditError):
+    """A signed note, or a key name, is malformed."""
+
+
+class VerifierKeyError(AuditError):
+    """A verifier key string is malformed, or two keys share a name and key id."""
+
+
+class CheckpointFormatError(AuditError):
+    """A checkpoint body is malformed."""
+
+
+class VerificationError(AuditError):
+    """Verification failed.
+
+    The message is fixed; ``index`` names the first bad leaf index when there is one.
+    """
+
+    def __init__(self, index: int | None = None) -> None:
+        self.index = index
+        message = "Verification failed." if index is None else f"Verification failed at index {index}."
+        super().__init__(message)
+
+
+__all__ = [
+    "AuditError",
+    "CanonicalJsonError",
+    "CheckpointFormatError",
+    "EventFormatError",
+    "NodeStoreError",
+    "NoteFormatError",
+    "ProofRangeError",
+    "VerificationError",
+    "VerifierKeyError",
+]
