@@ -26,8 +26,12 @@ output never has any.
 from __future__ import annotations
 
 import json
+from typing import TypeAlias
 
 from audit.errors import CanonicalJsonError
+
+JsonValue: TypeAlias = "bool | int | str | list[JsonValue] | dict[str, JsonValue] | None"
+"""The JSON values this module writes (``float`` excluded by design)."""
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 32
@@ -71,4 +75,4 @@ def _check(obj: object, depth: int) -> None:
     raise CanonicalJsonError(f"type {type(obj).__name__} is not allowed")
 
 
-__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "canonical_bytes"]
+__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "JsonValue", "canonical_bytes"]

@@ -42,6 +42,7 @@ class LocalKeyring:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._spath = str(path)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] = (0, 0)
         self._current = 0
@@ -89,6 +90,23 @@ class LocalKeyring:
         except InvalidTag:
             raise DecryptionError from None
 
+    def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
+        self._refresh()  # once per batch, not per key
+        version = self._current
+        target = self._aeads[version]
+        out = []
+        for kek_version, blob, aad in items:
+            aead = self._aeads.get(kek_version)
+            if aead is None or len(blob) <= _NONCE:
+                raise DecryptionError
+            try:
+                key = aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad)
+            except InvalidTag:
+                raise DecryptionError from None
+            nonce = os.urandom(_NONCE)
+            out.append((version, nonce + target.encrypt(nonce, key, aad)))
+        return out
+
     def rotate(self) -> int:
         with self._lock:
             doc = self._read()
@@ -126,7 +144,7 @@ class LocalKeyring:
 
     def _refresh(self, *, force: bool = False) -> None:
         try:
-            st = self._path.stat()
+            st = os.stat(self._spath)
         except FileNotFoundError:
             raise KeyringError(f"keyring missing: {self._path}") from None
         if force or (st.st_mtime_ns, st.st_size) != self._stamp:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keys.errors import KeyNotFoundError
@@ -35,7 +35,17 @@ from keys.provider import KekProvider
 
 DATA_SCOPE = "data"
 RewrapCursor = tuple[str, str, int]
-_REWRAP = text("UPDATE member_keys SET kek_version = :kv, wrapped = :blob WHERE owner_id = :o AND scope = :s AND version = :v AND wrapped = :old")
+_REWRAP = "UPDATE member_keys SET kek_version = ?, wrapped = ? WHERE owner_id = ? AND scope = ? AND version = ? AND wrapped = ?"
+
+
+def _rewrap_sql(conn: Connection) -> str:
+    """The re-wrap UPDATE in the driver's positional parameter style (a hot loop: no SQL compiler)."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return _REWRAP
+    if style in ("format", "pyformat"):
+        return _REWRAP.replace("?", "%s")
+    raise ValueError(f"unsupported parameter style {style}")
 
 
 _KEY_COLUMNS = (MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
@@ -277,14 +287,11 @@ class MemberKeys:
         stmt = stmt.where(MemberKeyRow.kek_version != current).order_by(*pk.clauses).limit(limit)
         with self._write() as conn:
             rows = conn.execute(stmt).all()
-            params = []
-            for owner, scope, version, kek_version, wrapped in rows:
-                aad = _member_aad(owner, scope, version)
-                key = self.provider.unwrap(kek_version, bytes(wrapped), aad)
-                new_version, blob = self.provider.wrap(key, aad)
-                params.append({"o": owner, "s": scope, "v": version, "old": bytes(wrapped), "kv": new_version, "blob": blob})
-            if params:
-                conn.execute(_REWRAP, params)
+            if rows:
+                aads = [_member_aad(owner, scope, version) for owner, scope, version, _, _ in rows]
+                fresh = self.provider.rewrap([(kv, bytes(w), aad) for (_, _, _, kv, w), aad in zip(rows, aads, strict=True)])
+                params = [(kv, blob, o, s, v, bytes(old)) for (kv, blob), (o, s, v, _, old) in zip(fresh, rows, strict=True)]
+                conn.exec_driver_sql(_rewrap_sql(conn), params)
                 self._count_wraps(conn, current, len(params))
                 done += len(params)
             done += self._rewrap_roots(conn, current)

@@ -117,6 +117,9 @@ class Pkcs11Provider:
             except PKCS11Error:
                 raise DecryptionError from None
 
+    def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
+        return [self.wrap(self.unwrap(kek_version, blob, aad), aad) for kek_version, blob, aad in items]
+
     def rotate(self) -> int:
         self._scan()
         version = max(self._keys, default=0) + 1

@@ -35,6 +35,10 @@ class KekProvider(Protocol):
 
     def unwrap(self, kek_version: int, blob: bytes, aad: bytes) -> bytes: ...
 
+    def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
+        """Unwrap each (kek_version, blob, aad) and wrap it again under the current KEK, in order."""
+        ...
+
     def rotate(self) -> int:
         """Add a KEK version and make it current; returns the new version."""
         ...

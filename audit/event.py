@@ -1,0 +1,238 @@
+"""The audit event: one access decision, as a value and as JSON.
+
+An event records who asked for what, why, and what was decided — field and
+category names, never field values. Its leaf bytes in the audit tree are
+``canonical_bytes(event.to_json_obj())`` (RFC 8785); the event holds no index.
+
+Invariants, checked when an event is built (``AuditEvent(...)`` or
+``AuditEvent.from_json_obj``), so no event that breaks them exists:
+
+- every string is either a *code* — ``[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}``:
+  actions, resource types, purposes, roles, field and category names, reason
+  codes, outcomes — or an *identifier* — 1 to 256 printable ASCII characters
+  without spaces: ids, the policy hash. So no free text, no control
+  characters and no personal prose can enter an event; a break-glass or
+  rejection note is stored encrypted beside the event, never in it;
+- ``time`` is RFC 3339 UTC with whole seconds and ``Z`` (``2026-11-22T16:00:00Z``);
+- ``decision`` is ``allow`` or ``deny``; lists hold at most 256 items;
+- there are no numbers besides the schema version ``v`` (no floats anywhere).
+
+The JSON form (every key always present, ``null`` for an absent optional)::
+
+    {"v": 1, "time": "...", "request_id": "...",
+     "actor": {"subject": "...", "roles": ["..."], "client_id": "..."|null, "acting_staff": "..."|null},
+     "action": "...", "resource_type": "...", "resource_id": "..."|null, "member_id": "..."|null,
+     "fields": ["..."], "purpose": "..."|null, "decision": "allow"|"deny",
+     "reason_code": "...", "policy_hash": "...", "outcome": "..."}
+
+``from_json_obj`` is strict: a missing or unknown key, a wrong type or another
+version is refused with ``EventFormatError`` naming the key and the rule, never
+the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Self
+
+from audit._time import format_utc, is_utc_seconds
+from audit.canonical import JsonValue, canonical_bytes
+from audit.errors import EventFormatError
+
+EVENT_VERSION = 1
+MAX_LIST_ITEMS = 256
+
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+_IDENT = re.compile(r"[!-~]{1,256}")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def event_time(now: datetime) -> str:
+    """The ``time`` of an event happening at ``now`` (aware; fractions of a second dropped)."""
+    return format_utc(now)
+
+
+class Decision(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asked: the token's subject and roles, the calling client, the staff member acting through it."""
+
+    subject: str
+    roles: tuple[str, ...]
+    client_id: str | None
+    acting_staff: str | None
+
+    def __post_init__(self) -> None:
+        _set(self, "subject", _ident(self.subject, "actor.subject"))
+        _set(self, "roles", _codes(self.roles, "actor.roles"))
+        _set(self, "client_id", _optional_ident(self.client_id, "actor.client_id"))
+        _set(self, "acting_staff", _optional_ident(self.acting_staff, "actor.acting_staff"))
+
+    def to_json_obj(self) -> dict[str, JsonValue]:
+        return {
+            "subject": self.subject,
+            "roles": list(self.roles),
+            "client_id": self.client_id,
+            "acting_staff": self.acting_staff,
+        }
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> Self:
+        items = _exact_keys(obj, "actor", cls)
+        return cls(
+            subject=_ident(items["subject"], "actor.subject"),
+            roles=_codes(items["roles"], "actor.roles", from_json=True),
+            client_id=_optional_ident(items["client_id"], "actor.client_id"),
+            acting_staff=_optional_ident(items["acting_staff"], "actor.acting_staff"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One access decision after authentication."""
+
+    time: str
+    request_id: str
+    actor: Actor
+    action: str
+    resource_type: str
+    resource_id: str | None
+    member_id: str | None
+    fields: tuple[str, ...]
+    purpose: str | None
+    decision: Decision
+    reason_code: str
+    policy_hash: str
+    outcome: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.time, str) or not is_utc_seconds(self.time):
+            raise EventFormatError("time: must be RFC 3339 UTC with whole seconds and Z")
+        _set(self, "time", str.__str__(self.time))
+        _set(self, "request_id", _ident(self.request_id, "request_id"))
+        if not isinstance(self.actor, Actor):
+            raise EventFormatError("actor: must be an Actor")
+        _set(self, "action", _code(self.action, "action"))
+        _set(self, "resource_type", _code(self.resource_type, "resource_type"))
+        _set(self, "resource_id", _optional_ident(self.resource_id, "resource_id"))
+        _set(self, "member_id", _optional_ident(self.member_id, "member_id"))
+        _set(self, "fields", _codes(self.fields, "fields"))
+        _set(self, "purpose", None if self.purpose is None else _code(self.purpose, "purpose"))
+        _set(self, "decision", _decision(self.decision))
+        _set(self, "reason_code", _code(self.reason_code, "reason_code"))
+        _set(self, "policy_hash", _ident(self.policy_hash, "policy_hash"))
+        _set(self, "outcome", _code(self.outcome, "outcome"))
+
+    def to_json_obj(self) -> dict[str, JsonValue]:
+        return {
+            "v": EVENT_VERSION,
+            "time": self.time,
+            "request_id": self.request_id,
+            "actor": self.actor.to_json_obj(),
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "member_id": self.member_id,
+            "fields": list(self.fields),
+            "purpose": self.purpose,
+            "decision": self.decision.value,
+            "reason_code": self.reason_code,
+            "policy_hash": self.policy_hash,
+            "outcome": self.outcome,
+        }
+
+    def leaf_bytes(self) -> bytes:
+        """The event's leaf in the audit tree: its RFC 8785 canonical JSON."""
+        return canonical_bytes(self.to_json_obj())
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> Self:
+        items = _exact_keys(obj, "event", cls, extra=("v",))
+        version = items["v"]
+        if isinstance(version, bool) or not isinstance(version, int) or version != EVENT_VERSION:
+            raise EventFormatError(f"v: must be {EVENT_VERSION}")
+        return cls(
+            time=_string(items["time"], "time"),
+            request_id=_ident(items["request_id"], "request_id"),
+            actor=Actor.from_json_obj(items["actor"]),
+            action=_code(items["action"], "action"),
+            resource_type=_code(items["resource_type"], "resource_type"),
+            resource_id=_optional_ident(items["resource_id"], "resource_id"),
+            member_id=_optional_ident(items["member_id"], "member_id"),
+            fields=_codes(items["fields"], "fields", from_json=True),
+            purpose=None if items["purpose"] is None else _code(items["purpose"], "purpose"),
+            decision=_decision(items["decision"]),
+            reason_code=_code(items["reason_code"], "reason_code"),
+            policy_hash=_ident(items["policy_hash"], "policy_hash"),
+            outcome=_code(items["outcome"], "outcome"),
+        )
+
+
+def _set(instance: object, name: str, value: object) -> None:
+    object.__setattr__(instance, name, value)
+
+
+def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: tuple[str, ...] = ()) -> Mapping[str, object]:
+    if not isinstance(obj, Mapping):
+        raise EventFormatError(f"{where}: must be a JSON object")
+    expected = {f.name for f in fields(kind)} | set(extra)
+    for key in obj:
+        if key not in expected:
+            shown = key if isinstance(key, str) and _KEY_NAME.fullmatch(key) else "(not shown)"
+            raise EventFormatError(f"{where}: unknown key {shown}")
+    for key in sorted(expected):
+        if key not in obj:
+            raise EventFormatError(f"{where}: missing key {key}")
+    return obj
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise EventFormatError(f"{where}: must be a string")
+    return str.__str__(value)
+
+
+def _code(value: object, where: str) -> str:
+    text = _string(value, where)
+    if _CODE.fullmatch(text) is None:
+        raise EventFormatError(f"{where}: must be a code (ASCII letters, digits and _ . : / -, at most 64)")
+    return text
+
+
+def _ident(value: object, where: str) -> str:
+    text = _string(value, where)
+    if _IDENT.fullmatch(text) is None:
+        raise EventFormatError(f"{where}: must be an identifier (1 to 256 printable ASCII characters, no spaces)")
+    return text
+
+
+def _optional_ident(value: object, where: str) -> str | None:
+    return None if value is None else _ident(value, where)
+
+
+def _codes(value: object, where: str, *, from_json: bool = False) -> tuple[str, ...]:
+    allowed = (list,) if from_json else (list, tuple)
+    if not isinstance(value, allowed):
+        raise EventFormatError(f"{where}: must be a list")
+    if len(value) > MAX_LIST_ITEMS:
+        raise EventFormatError(f"{where}: more than {MAX_LIST_ITEMS} items")
+    return tuple(_code(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _decision(value: object) -> Decision:
+    if isinstance(value, str):
+        for decision in Decision:
+            if value == decision.value:
+                return decision
+    raise EventFormatError("decision: must be allow or deny")
+
+
+__all__ = ["EVENT_VERSION", "MAX_LIST_ITEMS", "Actor", "AuditEvent", "Decision", "event_time"]
