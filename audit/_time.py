@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 
 
 def format_utc(moment: datetime) -> str:
@@ -26,9 +25,11 @@ def format_utc(moment: datetime) -> str:
 
 def parse_utc(text: str) -> datetime:
     """Read the log's format back into an aware UTC datetime; ``ValueError`` if it is not exactly that."""
-    if _PATTERN.fullmatch(text) is None:
+    match = _PATTERN.fullmatch(text)
+    if match is None:
         raise ValueError("not an RFC 3339 UTC time with whole seconds and Z")
-    return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)  # checks the ranges; no leap second
 
 
 def is_utc_seconds(text: str) -> bool:

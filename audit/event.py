@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
 from audit._time import format_utc, is_utc_seconds
 from audit.canonical import JsonValue, canonical_bytes
@@ -88,10 +88,10 @@ class Actor:
     def from_json_obj(cls, obj: object) -> Self:
         items = _exact_keys(obj, "actor", cls)
         return cls(
-            subject=_ident(items["subject"], "actor.subject"),
-            roles=_codes(items["roles"], "actor.roles", from_json=True),
-            client_id=_optional_ident(items["client_id"], "actor.client_id"),
-            acting_staff=_optional_ident(items["acting_staff"], "actor.acting_staff"),
+            subject=items["subject"],
+            roles=_json_list(items["roles"], "actor.roles"),
+            client_id=items["client_id"],
+            acting_staff=items["acting_staff"],
         )
 
 
@@ -160,19 +160,19 @@ class AuditEvent:
         if isinstance(version, bool) or not isinstance(version, int) or version != EVENT_VERSION:
             raise EventFormatError(f"v: must be {EVENT_VERSION}")
         return cls(
-            time=_string(items["time"], "time"),
-            request_id=_ident(items["request_id"], "request_id"),
+            time=items["time"],
+            request_id=items["request_id"],
             actor=Actor.from_json_obj(items["actor"]),
-            action=_code(items["action"], "action"),
-            resource_type=_code(items["resource_type"], "resource_type"),
-            resource_id=_optional_ident(items["resource_id"], "resource_id"),
-            member_id=_optional_ident(items["member_id"], "member_id"),
-            fields=_codes(items["fields"], "fields", from_json=True),
-            purpose=None if items["purpose"] is None else _code(items["purpose"], "purpose"),
-            decision=_decision(items["decision"]),
-            reason_code=_code(items["reason_code"], "reason_code"),
-            policy_hash=_ident(items["policy_hash"], "policy_hash"),
-            outcome=_code(items["outcome"], "outcome"),
+            action=items["action"],
+            resource_type=items["resource_type"],
+            resource_id=items["resource_id"],
+            member_id=items["member_id"],
+            fields=_json_list(items["fields"], "fields"),
+            purpose=items["purpose"],
+            decision=items["decision"],
+            reason_code=items["reason_code"],
+            policy_hash=items["policy_hash"],
+            outcome=items["outcome"],
         )
 
 
@@ -180,7 +180,8 @@ def _set(instance: object, name: str, value: object) -> None:
     object.__setattr__(instance, name, value)
 
 
-def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: tuple[str, ...] = ()) -> Mapping[str, object]:
+def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """``obj`` as a mapping with exactly the keys of ``kind``; its values are unchecked (``Any``) until ``__post_init__``."""
     if not isinstance(obj, Mapping):
         raise EventFormatError(f"{where}: must be a JSON object")
     expected = {f.name for f in fields(kind)} | set(extra)
@@ -218,9 +219,15 @@ def _optional_ident(value: object, where: str) -> str | None:
     return None if value is None else _ident(value, where)
 
 
-def _codes(value: object, where: str, *, from_json: bool = False) -> tuple[str, ...]:
-    allowed = (list,) if from_json else (list, tuple)
-    if not isinstance(value, allowed):
+def _json_list(value: object, where: str) -> tuple[Any, ...]:
+    """A JSON array as a tuple; its items are checked by ``__post_init__``."""
+    if not isinstance(value, list):
+        raise EventFormatError(f"{where}: must be a list")
+    return tuple(value)
+
+
+def _codes(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
         raise EventFormatError(f"{where}: must be a list")
     if len(value) > MAX_LIST_ITEMS:
         raise EventFormatError(f"{where}: more than {MAX_LIST_ITEMS} items")

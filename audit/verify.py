@@ -37,6 +37,7 @@ Reasons come from a fixed list (``Finding``) and never quote the export.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -135,7 +136,7 @@ class _State:
         self.proven_size = 0
         self.verified: list[Checkpoint] = []
 
-    def settle(self, pending: list[tuple[Checkpoint, int]]) -> None:
+    def settle(self, pending: deque[tuple[Checkpoint, int]]) -> None:
         """Check (and drop) every pending checkpoint whose size the tree has reached."""
         size = self.compact.size
         while pending and pending[0][0].size == size:
@@ -144,7 +145,7 @@ class _State:
                 raise _FailedError(Finding.ROOT_MISMATCH, size - 1 if size else None, number)
             self.proven_size = size
             self.verified.append(checkpoint)
-            pending.pop(0)
+            pending.popleft()
 
     def report(self, failed: _FailedError | None) -> Report:
         return Report(
@@ -157,7 +158,7 @@ class _State:
         )
 
 
-def _open_checkpoints(texts: Sequence[str], keys: Sequence[VerifierKey], origin: str | None) -> list[tuple[Checkpoint, int]]:
+def _open_checkpoints(texts: Sequence[str], keys: Sequence[VerifierKey], origin: str | None) -> deque[tuple[Checkpoint, int]]:
     """The checkpoints, signature-checked and parsed, with their argument positions, smallest size first."""
     if not texts:
         raise _FailedError(Finding.NO_CHECKPOINT)
@@ -173,8 +174,7 @@ def _open_checkpoints(texts: Sequence[str], keys: Sequence[VerifierKey], origin:
         if checkpoint.origin != expected:
             raise _FailedError(Finding.CHECKPOINT_ORIGIN, checkpoint_number=number)
         opened.append((checkpoint, number))
-    opened.sort(key=lambda pair: (pair[0].size, pair[1]))
-    return opened
+    return deque(sorted(opened, key=lambda pair: (pair[0].size, pair[1])))
 
 
 def _read_line(line: str, position: int) -> bytes:

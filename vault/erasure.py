@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import structlog
 from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -36,6 +37,7 @@ from vault.errors import NotFoundError
 from vault.storage.engine import write_transaction
 from vault.storage.schema import blind_index, erasures, field_history, members, treatments
 
+log = structlog.get_logger(__name__)
 STEPS = ("tombstoned", "scrubbed", "keys_shredded", "done")
 _ENCRYPTED_MEMBER_COLUMNS = {f.name: None for f in dm.fields_of(dm.Table.members) if f.encrypted}
 
@@ -68,6 +70,7 @@ class Eraser:
         self._checkpoint()
         with write_transaction(self._engine) as conn:
             self._step(conn, member_id, "done", completed=True)
+        log.info("member.erased", member_id=member_id, count=shredded)
         return ErasureReport(member_id, shredded, tuple(sorted(s for s in scopes if s.startswith("retention-"))))
 
     def pending(self) -> list[str]:

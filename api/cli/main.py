@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, NoReturn
 
+import structlog
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -36,6 +37,15 @@ demo_app = typer.Typer(no_args_is_help=True, help="Synthetic demo data (developm
 keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
+
+
+log = structlog.get_logger("vaultctl")
+
+
+@app.callback()
+def _private_files() -> None:
+    """Everything vaultctl creates (databases, keyring, exports) is readable by its owner only."""
+    os.umask(0o077)
 
 
 class KeyKind(StrEnum):
@@ -120,6 +130,7 @@ def demo_seed(
                 workers=workers or min(4, os.cpu_count() or 1),
                 progress=lambda n: bar.update(task, completed=n),
             )
+        log.info("demo.seeded", count=report.members)
         typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
 
 
@@ -135,6 +146,7 @@ def keys_rotate(
     with _runtime() as rt, _progress() as bar:
         task = bar.add_task(f"re-wrapping under a new {kind.value}", total=None)
         report = rotate_kek(rt.keys, batch=batch, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    log.info("kek.rotated", kek_version=report.kek_version, count=report.rewrapped, retired=list(report.retired))
     action = "rotated to" if report.started_new_version else "resumed rotation to"
     retired = ", ".join(str(v) for v in report.retired) or "none"
     typer.echo(f"{action} KEK version {report.kek_version}; re-wrapped {report.rewrapped} keys; retired versions: {retired}")

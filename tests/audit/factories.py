@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from audit.checkpoint import format_checkpoint, sign_note, verifier_key_string
 from audit.event import Actor, AuditEvent, Decision, event_time
-from audit.merkle import CompactRange, leaf_hash
+from audit.merkle import CompactRange, NodeReader, leaf_hash
 
 ORIGIN = "member-vault/audit"
 NOW = datetime(2026, 11, 22, 16, 0, 0, tzinfo=UTC)
@@ -45,7 +45,7 @@ events = st.builds(
 )
 
 
-def sample_event(n: int = 0, **changes: object) -> AuditEvent:
+def sample_event(n: int = 0, /, **changes: object) -> AuditEvent:
     """A plausible event; ``n`` varies the request id and member id."""
     values: dict[str, object] = {
         "time": "2026-11-22T16:00:00Z",
@@ -92,7 +92,7 @@ class MemoryTree:
             assert (node.level, node.index) not in self.nodes
             self.nodes[(node.level, node.index)] = node.hash
 
-    def reader(self, size: int):  # noqa: ANN201 - a NodeReader
+    def reader(self, size: int) -> NodeReader:
         """A ``get_node`` that refuses any node not complete at ``size``, and counts reads."""
 
         def get_node(level: int, index: int) -> bytes:

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.checkpoint import (
     Checkpoint,
+    VerifierKey,
     format_checkpoint,
     key_id,
     open_note,
@@ -41,7 +42,7 @@ def checkpoint_note(key: Ed25519PrivateKey, size: int = 12, root: bytes = ROOT, 
     return sign_note(format_checkpoint(ORIGIN, size, root, NOW), name, key)
 
 
-def pinned(*keys: Ed25519PrivateKey, name: str = ORIGIN) -> list:  # noqa: ANN401
+def pinned(*keys: Ed25519PrivateKey, name: str = ORIGIN) -> list[VerifierKey]:
     return [parse_verifier_key(verifier_key_string(name, key.public_key())) for key in keys]
 
 
@@ -118,7 +119,7 @@ def test_unknown_signatures_are_ignored_and_known_ones_counted() -> None:
 def test_a_bad_signature_from_a_known_key_rejects_the_note_even_beside_a_good_one() -> None:
     key = signing_key("a")
     note = checkpoint_note(key)
-    body, _, line = note.partition("\n\n")
+    line = note.partition("\n\n")[2]
     blob = bytearray(base64.b64decode(line.split(" ")[2]))
     blob[10] ^= 1
     bad_line = f"\u2014 {ORIGIN} {base64.b64encode(bytes(blob)).decode()}\n"
@@ -259,7 +260,7 @@ def test_non_canonical_base64_of_the_root_is_refused() -> None:
         (("member vault", 1, ROOT, NOW), CheckpointFormatError, "origin must hold no space"),
         ((ORIGIN, -1, ROOT, NOW), CheckpointFormatError, "tree size out of range"),
         ((ORIGIN, 1, ROOT[:16], NOW), CheckpointFormatError, "root hash must be 32 bytes"),
-        ((ORIGIN, 1, ROOT, datetime(2026, 1, 1)), CheckpointFormatError, "timezone-aware"),  # noqa: DTZ001 - the point
+        ((ORIGIN, 1, ROOT, datetime(2026, 1, 1)), CheckpointFormatError, "timezone-aware"),
     ],
 )
 def test_format_checkpoint_refuses_bad_input(args: tuple[str, int, bytes, datetime], error: type[Exception], message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,27 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 VECTORS = SHARED / "vectors" / "rfc6962.json"
 
 
+@dataclass(frozen=True)
+class Vectors:
+    leaves: list[bytes]
+    leaf_hashes: list[bytes]
+    roots: dict[int, bytes]
+    inclusion: list[tuple[int, int, list[bytes]]]
+    consistency: list[tuple[int, int, list[bytes]]]
+
+
 @pytest.fixture(scope="module")
-def vectors() -> dict[str, object]:
+def vectors() -> Vectors:
     if not VECTORS.is_file():
         pytest.fail(f"RFC 6962 vectors not found at {VECTORS}: shared/ must sit beside the repository checkout")
-    loaded: dict[str, object] = json.loads(VECTORS.read_text())
-    return loaded
+    raw = json.loads(VECTORS.read_text())
+    return Vectors(
+        leaves=[bytes.fromhex(x) for x in raw["leaf_inputs"]],
+        leaf_hashes=[bytes.fromhex(x) for x in raw["leaf_hashes"]],
+        roots={int(n): bytes.fromhex(x) for n, x in raw["roots"].items()},
+        inclusion=[(c["leaf_index"], c["tree_size"], [bytes.fromhex(x) for x in c["audit_path"]]) for c in raw["inclusion"]],
+        consistency=[(c["first"], c["second"], [bytes.fromhex(x) for x in c["proof"]]) for c in raw["consistency"]],
+    )
 
 
 # -- RFC 6962 §2.1, written out as the RFC defines it ------------------------------
@@ -113,43 +129,33 @@ def flip(value: bytes, at: int) -> bytes:
 # -- published vectors -----------------------------------------------------------
 
 
-def test_vector_leaf_hashes_and_roots(vectors: dict[str, list[str]]) -> None:
-    leaves = [bytes.fromhex(x) for x in vectors["leaf_inputs"]]
-    assert [leaf_hash(x).hex() for x in leaves] == vectors["leaf_hashes"]
+def test_vector_leaf_hashes_and_roots(vectors: Vectors) -> None:
+    leaves = vectors.leaves
+    assert [leaf_hash(x) for x in leaves] == vectors.leaf_hashes
     tree = build(leaves)
-    roots: dict[str, str] = vectors["roots"]  # type: ignore[assignment]
-    assert sorted(int(n) for n in roots) == list(range(9))
-    for n, expected in roots.items():
-        size = int(n)
-        assert root(leaf_hash(x) for x in leaves[:size]).hex() == expected
-        assert root_at(size, tree.reader(size)).hex() == expected
-        assert ref_mth(leaves[:size]).hex() == expected
+    assert sorted(vectors.roots) == list(range(9))
+    for size, expected in vectors.roots.items():
+        assert root(leaf_hash(x) for x in leaves[:size]) == expected
+        assert root_at(size, tree.reader(size)) == expected
+        assert ref_mth(leaves[:size]) == expected
 
 
-def test_vector_inclusion_proofs(vectors: dict[str, list[dict[str, object]]]) -> None:
-    leaves = [bytes.fromhex(x) for x in vectors["leaf_inputs"]]  # type: ignore[arg-type]
-    roots: dict[str, str] = vectors["roots"]  # type: ignore[assignment]
-    tree = build(leaves)
-    cases = vectors["inclusion"]
-    assert len(cases) == 36
-    for case in cases:
-        index, size = case["leaf_index"], case["tree_size"]
-        expected = [bytes.fromhex(x) for x in case["audit_path"]]  # type: ignore[attr-defined]
-        assert inclusion_proof(index, size, tree.reader(size)) == expected, case  # type: ignore[arg-type]
-        assert verify_inclusion(leaf_hash(leaves[index]), index, size, expected, bytes.fromhex(roots[str(size)]))  # type: ignore[arg-type,index]
+def test_vector_inclusion_proofs(vectors: Vectors) -> None:
+    tree = build(vectors.leaves)
+    assert len(vectors.inclusion) == 36
+    for index, size, expected in vectors.inclusion:
+        assert inclusion_proof(index, size, tree.reader(size)) == expected, (index, size)
+        assert ref_path(index, vectors.leaves[:size]) == expected
+        assert verify_inclusion(leaf_hash(vectors.leaves[index]), index, size, expected, vectors.roots[size])
 
 
-def test_vector_consistency_proofs(vectors: dict[str, list[dict[str, object]]]) -> None:
-    leaves = [bytes.fromhex(x) for x in vectors["leaf_inputs"]]  # type: ignore[arg-type]
-    roots: dict[str, str] = vectors["roots"]  # type: ignore[assignment]
-    tree = build(leaves)
-    cases = vectors["consistency"]
-    assert len(cases) == 36
-    for case in cases:
-        first, second = case["first"], case["second"]
-        expected = [bytes.fromhex(x) for x in case["proof"]]  # type: ignore[attr-defined]
-        assert consistency_proof(first, second, tree.reader(second)) == expected, case  # type: ignore[arg-type]
-        assert verify_consistency(first, second, expected, bytes.fromhex(roots[str(first)]), bytes.fromhex(roots[str(second)]))  # type: ignore[arg-type]
+def test_vector_consistency_proofs(vectors: Vectors) -> None:
+    tree = build(vectors.leaves)
+    assert len(vectors.consistency) == 36
+    for first, second, expected in vectors.consistency:
+        assert consistency_proof(first, second, tree.reader(second)) == expected, (first, second)
+        assert ref_proof(first, vectors.leaves[:second]) == expected
+        assert verify_consistency(first, second, expected, vectors.roots[first], vectors.roots[second])
 
 
 # -- the fast code against the RFC's definitions ------------------------------------
