@@ -6,10 +6,7 @@ module global; callers hold the ``Runtime`` and close it.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -92,7 +89,7 @@ def init_vault(settings: Settings) -> list[str]:
         if not settings.keyring_path.exists():
             LocalKeyring.create(settings.keyring_path)
             done.append(f"created keyring {settings.keyring_path} (mode 600)")
-        _require_private(settings.keyring_path)
+        LocalKeyring(settings.keyring_path).close()  # refuses a keyring readable by group or others
     else:
         provider = open_provider(settings)
         try:
@@ -109,12 +106,6 @@ def init_vault(settings: Settings) -> list[str]:
             engine.dispose()
         done.append(f"migrated the {which.value} database")
     return done
-
-
-def _require_private(path: Path) -> None:
-    mode = os.stat(path).st_mode
-    if stat.S_IMODE(mode) & 0o077:
-        raise KeyringError(f"keyring is accessible by group or others; chmod 600 {path}")
 
 
 __all__ = ["Runtime", "init_vault", "open_provider", "open_runtime"]

@@ -158,10 +158,20 @@ class Pkcs11Provider:
                 raise ProviderUnavailableError(f"PKCS#11 key destruction failed: {type(exc).__name__}") from None
 
     def check(self) -> None:
-        aad = b"member-vault/kek-check"
-        version, blob = self.wrap(b"\0" * 32, aad)
-        if self.unwrap(version, blob, aad) != b"\0" * 32:
-            raise DecryptionError
+        """The session answers and the current KEK is on the token, able to wrap and unwrap.
+
+        Asks the token for the key's attributes instead of wrapping a test value,
+        so a readiness probe spends none of the KEK's nonce budget.
+        """
+        self._scan()
+        kek = self._keys[self.current_version()]
+        with self._lock:
+            try:
+                usable = kek.enc[Attribute.ENCRYPT] and kek.dec[Attribute.DECRYPT]
+            except PKCS11Error as exc:
+                raise ProviderUnavailableError(f"PKCS#11 token unavailable: {type(exc).__name__}") from None
+        if not usable:
+            raise ProviderUnavailableError("the current KEK on the PKCS#11 token cannot wrap and unwrap")
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,72 @@
+"""Liveness and readiness over real HTTP (FastAPI's test client), failing closed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+
+def _get(settings: Settings, path: str) -> tuple[int, str, dict[str, object]]:
+    with TestClient(create_app(settings)) as client:
+        response = client.get(path)
+    return response.status_code, response.headers["content-type"], json.loads(response.text)
+
+
+def test_healthz_and_readyz_on_a_migrated_vault(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    assert _get(settings, "/healthz") == (200, "application/json", {"status": "ok"})
+    assert _get(settings, "/readyz") == (200, "application/json", {"status": "ready", "checks": {"database": "ok", "keystore": "ok", "key_provider": "ok"}})
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_readyz_is_503_problem_json_on_an_unmigrated_database(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    settings = make_settings(database_url=f"sqlite:///{empty}")
+
+    status, content_type, body = _get(settings, "/readyz")
+
+    assert (status, content_type) == (503, "application/problem+json")
+    assert body["checks"] == {"database": "not_ready", "keystore": "ok", "key_provider": "ok"}
+    assert body["detail"] == "not ready: database"
+    assert isinstance(body["request_id"], str)
+    assert _get(settings, "/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_readyz_is_503_when_the_keyring_is_readable_by_others(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.keyring_path.chmod(0o644)
+
+    status, _, body = _get(settings, "/readyz")
+
+    assert status == 503
+    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "not_ready"}
+    assert set(body) == {"type", "title", "status", "detail", "request_id", "checks"}
+    assert str(settings.data_dir) not in json.dumps(body)  # no paths or provider internals
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_readyz_recovers_once_the_keyring_is_private_again(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    settings.keyring_path.chmod(0o644)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 503
+        settings.keyring_path.chmod(0o600)
+        assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_docs_and_openapi_are_off_in_production(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(env="production")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/openapi.json").status_code == 404
+        assert client.get("/healthz").status_code == 200
