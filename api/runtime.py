@@ -16,6 +16,7 @@ from keys.local import LocalKeyring
 from keys.member_keys import MemberKeys
 from keys.pkcs11 import Pkcs11Provider
 from keys.provider import KekProvider
+from keys.signing import SigningKeys
 from vault.erasure import Eraser
 from vault.ledger import Ledger
 from vault.members import MemberRepository
@@ -31,6 +32,7 @@ class Runtime:
     keys_engine: Engine
     provider: KekProvider
     keys: MemberKeys
+    signing: SigningKeys
     members: MemberRepository
     treatments: TreatmentRepository
     ledger: Ledger
@@ -71,6 +73,7 @@ def open_runtime(settings: Settings) -> Runtime:
         keys_engine=keys_engine,
         provider=provider,
         keys=keys,
+        signing=SigningKeys(keys_engine, provider),
         members=MemberRepository(keys),
         treatments=TreatmentRepository(keys),
         ledger=Ledger(keys),

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     audience: str = "member-vault"
     trusted_issuers_file: Path | None = None
     key_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    # The checkpoint origin and verifier key name: a C2SP key name (no space, no "+", no control character).
+    audit_origin: str = Field(default="member-vault/audit", min_length=1, max_length=255, pattern=r"^[^\s+\x00-\x1f\x7f]+$")
     log_level: str = "info"
 
     @model_validator(mode="after")

@@ -12,6 +12,12 @@ use only the standard library and ``cryptography``:
 ``audit.verify`` must stay importable with nothing but those: keep anything
 that needs a database or ``keys`` out of this ``__init__``
 (``tests/audit/test_verify.py`` checks the import closure).
+
+The database side (SQLAlchemy) is imported by its module names, never from here:
+
+- ``audit.store``: the tables, ``AuditJournal.append``, roots and proofs from stored nodes;
+- ``audit.sequencer``: ``Sequencer``, which numbers journal entries and stores the tree;
+- ``audit.queries``: filtered events, a member's access log, breach scope, export.
 """
 
 from audit.canonical import JsonValue, canonical_bytes

@@ -8,6 +8,8 @@
     ├── NoteFormatError        a signed note or a key name is malformed
     ├── VerifierKeyError       a verifier key string is malformed, or a set of them is ambiguous
     ├── CheckpointFormatError  a checkpoint body is malformed
+    ├── AuditStoreError        the journal could not be written: the caller's transaction must not commit
+    ├── CursorError            a paging cursor is not one the audit queries issued
     └── VerificationError      a signature, proof or export does not verify (one message, no oracle)
 
 The format errors are parser errors: each carries one precise reason for the
@@ -63,10 +65,20 @@ class VerificationError(AuditError):
         super().__init__(message)
 
 
+class AuditStoreError(AuditError):
+    """The audit journal could not be written: the caller's transaction must not commit."""
+
+
+class CursorError(AuditError):
+    """A paging cursor is not one the audit queries issued."""
+
+
 __all__ = [
     "AuditError",
+    "AuditStoreError",
     "CanonicalJsonError",
     "CheckpointFormatError",
+    "CursorError",
     "EventFormatError",
     "NodeStoreError",
     "NoteFormatError",

@@ -12,6 +12,8 @@ Invariants:
   (``secure_delete`` zeroes the freed pages) so the wrapped key does not linger.
 * Every wrap is counted per KEK version in ``kek_wraps`` (the AES-GCM nonce
   budget of the KEK), in the same transaction as the wrap it counts.
+* KEK rotation re-wraps member keys, root keys and signing keys
+  (``keys.signing``); ``kek_references`` counts all three.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
-from keys.models import KekWrapsRow, KeystoreBase, MemberKeyRow, RootKeyRow
+from keys.models import KekWrapsRow, KeystoreBase, MemberKeyRow, RootKeyRow, SigningKeyRow
 from keys.provider import KekProvider
+from keys.signing import rewrap_signing_keys
 
 DATA_SCOPE = "data"
 RewrapCursor = tuple[str, str, int]
@@ -307,15 +310,16 @@ class MemberKeys:
             key = self.provider.unwrap(kek_version, bytes(wrapped), aad)
             new_version, blob = self.provider.wrap(key, aad)
             conn.execute(update(RootKeyRow).where(RootKeyRow.name == name, RootKeyRow.version == version).values(kek_version=new_version, wrapped=blob))
-        if rows:
-            self._count_wraps(conn, current, len(rows))
-        return len(rows)
+        wraps = len(rows) + rewrap_signing_keys(conn, self.provider, current)
+        if wraps:
+            self._count_wraps(conn, current, wraps)
+        return wraps
 
     def kek_references(self) -> dict[int, int]:
         """How many stored keys each KEK version wraps."""
         counts: dict[int, int] = {}
         with self.engine.connect() as conn:
-            for column in (MemberKeyRow.kek_version, RootKeyRow.kek_version):
+            for column in (MemberKeyRow.kek_version, RootKeyRow.kek_version, SigningKeyRow.kek_version):
                 for version, n in conn.execute(select(column, func.count()).group_by(column)):
                     counts[int(version)] = counts.get(int(version), 0) + int(n)
         return counts

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import structlog
 import typer
 import uvicorn
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import logging as oplog
-from api.runtime import Runtime, init_vault, open_runtime
-from api.settings import Settings
+from api.cli._common import fail as _fail
+from api.cli._common import progress as _progress
+from api.cli._common import runtime as _runtime
+from api.cli._common import settings as _settings
+from api.cli.audit import audit_app
+from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
 from vault.demo import seed_members_parallel
@@ -37,6 +35,7 @@ demo_app = typer.Typer(no_args_is_help=True, help="Synthetic demo data (developm
 keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 
 log = structlog.get_logger("vaultctl")
@@ -50,42 +49,6 @@ def _private_files() -> None:
 
 class KeyKind(StrEnum):
     kek = "kek"
-
-
-def _fail(reason: str) -> NoReturn:
-    typer.echo(f"vaultctl: {reason}", err=True)
-    raise typer.Exit(1)
-
-
-def _settings() -> Settings:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        names = sorted({"VAULT_" + str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]} or {"VAULT_*"})
-        _fail(f"invalid settings: {', '.join(names)}")
-    oplog.configure(settings.log_level)
-    return settings
-
-
-@contextmanager
-def _runtime() -> Iterator[Runtime]:
-    settings = _settings()
-    try:
-        rt = open_runtime(settings)
-    except (KeysError, VaultError) as exc:
-        _fail(str(exc))
-    except SQLAlchemyError as exc:
-        _fail(f"database unavailable ({exc.__class__.__name__})")
-    try:
-        yield rt
-    except (KeysError, VaultError) as exc:
-        _fail(str(exc))
-    finally:
-        rt.close()
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, LargeBinary, MetaData, inspect
 from sqlalchemy.exc import ProgrammingError
 
+import audit.store
 import vault.storage.schema
 from api.runtime import Runtime, open_runtime
 from api.settings import Settings
@@ -27,13 +28,13 @@ STRUCTURAL = {
 }
 
 
-def _diff(engine: Engine, metadata: MetaData) -> list[object]:
+def _diff(engine: Engine, metadata: MetaData | Sequence[MetaData]) -> list[object]:
     with engine.connect() as conn:
         return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
 
 def test_migrated_data_database_matches_the_schema_metadata(runtime: Runtime) -> None:
-    assert _diff(runtime.data_engine, vault.storage.schema.metadata) == []
+    assert _diff(runtime.data_engine, [vault.storage.schema.metadata, audit.store.metadata]) == []
 
 
 def test_migrated_key_store_matches_its_models(runtime: Runtime) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from vault.storage.schema import metadata as target_metadata
+import audit.store
+import vault.storage.schema
+
+# The data database holds the vault's tables and the audit log's.
+target_metadata = [vault.storage.schema.metadata, audit.store.metadata]
 
 
 def _run(connection: Connection) -> None:

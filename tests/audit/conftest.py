@@ -1,0 +1,69 @@
+"""Fixtures for the audit store tests: write events through the real journal, sequence them, reach the database as its owner."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from api.runtime import Runtime
+from audit.event import AuditEvent
+from audit.sequencer import Sequencer
+from audit.store import AuditJournal
+
+WriteEvents = Callable[[Sequence[AuditEvent]], list[int]]
+
+
+@pytest.fixture
+def engine(runtime: Runtime) -> Engine:
+    """The data database, reached as the application (on PostgreSQL the application role)."""
+    return runtime.data_engine
+
+
+@pytest.fixture
+def write_events(engine: Engine) -> WriteEvents:
+    """Append events through ``AuditJournal.append``, each in its own transaction; return their journal ids."""
+    journal = AuditJournal()
+
+    def write(events: Sequence[AuditEvent]) -> list[int]:
+        ids = []
+        for event in events:
+            with engine.begin() as conn:
+                ids.append(journal.append(conn, event))
+        return ids
+
+    return write
+
+
+@pytest.fixture
+def sequence_all(engine: Engine) -> Callable[[], int]:
+    """Run one ``Sequencer`` until nothing waits; return how many entries it sequenced."""
+    sequencer = Sequencer(engine)
+
+    def run() -> int:
+        total = 0
+        while count := sequencer.run_once():
+            total += count
+        return total
+
+    return run
+
+
+@pytest.fixture
+def owner_sql(runtime: Runtime, backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[str], None]]:
+    """Run SQL with full rights on the test's data database: the PostgreSQL superuser, or a plain sqlite3 connection."""
+    url = make_url(runtime.settings.data_url)
+    if backend == "postgres":
+        server = request.getfixturevalue("pg_server")
+        yield lambda sql: server.admin(sql, database=str(url.database))
+        return
+    with closing(sqlite3.connect(str(url.database), isolation_level=None)) as raw:
+
+        def run(sql: str) -> None:
+            raw.execute(sql)
+
+        yield run
