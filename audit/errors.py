@@ -10,6 +10,8 @@
     ├── CheckpointFormatError  a checkpoint body is malformed
     ├── AuditStoreError        the journal could not be written: the caller's transaction must not commit
     ├── CursorError            a paging cursor is not one the audit queries issued
+    ├── CheckpointConflictError  the vault will not sign: the last published checkpoint is missing or unreadable,
+    │                            or the database does not extend it (``code`` says which)
     └── VerificationError      a signature, proof or export does not verify (one message, no oracle)
 
 The format errors are parser errors: each carries one precise reason for the
@@ -73,10 +75,38 @@ class CursorError(AuditError):
     """A paging cursor is not one the audit queries issued."""
 
 
+class CheckpointConflictError(AuditError):
+    """The vault will not sign a checkpoint: it could not prove the database extends the last published one.
+
+    ``code`` is one of ``CONFLICT_CODES`` (an audit event code, used as the reason code of the
+    operator's reset); the message is the operator's one-line reason. Sizes are set when known.
+    """
+
+    def __init__(self, reason: str, *, code: str, published_size: int | None = None, tree_size: int | None = None) -> None:
+        if code not in CONFLICT_CODES:
+            raise ValueError("unknown checkpoint conflict code")
+        super().__init__(reason)
+        self.code = code
+        self.published_size = published_size
+        self.tree_size = tree_size
+
+
+CONFLICT_CODES = frozenset(
+    {
+        "published_size_ahead",  # the published checkpoint is at a larger size than the stored tree (say, after a restore)
+        "published_root_differs",  # the stored tree at the published size has another root
+        "published_checkpoint_missing",  # no published checkpoint, yet the database holds checkpoints
+        "published_checkpoint_unreadable",  # the published checkpoint is not a checkpoint of this origin signed by an audit key
+    }
+)
+
+
 __all__ = [
+    "CONFLICT_CODES",
     "AuditError",
     "AuditStoreError",
     "CanonicalJsonError",
+    "CheckpointConflictError",
     "CheckpointFormatError",
     "CursorError",
     "EventFormatError",

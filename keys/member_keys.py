@@ -22,17 +22,16 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
-from keys.models import KekWrapsRow, KeystoreBase, MemberKeyRow, RootKeyRow, SigningKeyRow
+from keys.models import KekWrapsRow, MemberKeyRow, RootKeyRow, SigningKeyRow
 from keys.provider import KekProvider
 from keys.signing import rewrap_signing_keys
 
@@ -135,35 +134,27 @@ class MemberKeys:
         self._random = random
         self._now = now
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A writing transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE).
-
-        ``sqlite_immediate`` is the execution option vault.storage.engine's SQLite
-        engines honour; other engines ignore it.
-        """
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
-
     # -- creating keys -------------------------------------------------------
 
     def create(self, owners: Sequence[str], scope: str = DATA_SCOPE) -> dict[str, FieldCipher]:
         """Create version 1 of ``scope`` for each owner, in one transaction."""
-        rows, made = [], {}
-        kek_version = 0
-        for owner in owners:
-            key = self._random(32)
-            kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
-            rows.append({"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()})
-            cipher = FieldCipher(key, 1)
+        made: dict[str, FieldCipher] = {}
+        if not owners:
+            return made
+        rows, fresh = [], []
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn)
+            kek_version = 0
+            for owner in owners:
+                key = self._random(32)
+                kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
+                rows.append({"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()})
+                fresh.append((owner, blob, FieldCipher(key, 1)))
+            conn.execute(insert(MemberKeyRow), rows)
+            count_wraps(conn, kek_version, len(rows))
+        for owner, blob, cipher in fresh:
             self._cache.put((owner, scope, 1, blob), cipher)
             made[owner] = cipher
-        if rows:
-            with self._write() as conn:
-                conn.execute(insert(MemberKeyRow), rows)
-                self._count_wraps(conn, kek_version, len(rows))
         return made
 
     def get_or_create(self, owner: str, scope: str) -> FieldCipher:
@@ -171,13 +162,12 @@ class MemberKeys:
         found = self.load(owner, scopes=(scope,))
         if (scope, 1) in found.ciphers:
             return found.ciphers[(scope, 1)]
-        key = self._random(32)
-        kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
-        row = {"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()}
-        with self._write() as conn:
-            stmt = self._insert_ignore(MemberKeyRow).values(**row)
-            if conn.execute(stmt).rowcount:
-                self._count_wraps(conn, kek_version, 1)
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn)
+            kek_version, blob = self.provider.wrap(self._random(32), _member_aad(owner, scope, 1))
+            row = {"owner_id": owner, "scope": scope, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()}
+            conn.execute(insert_ignore(conn, MemberKeyRow).values(**row))
+            count_wraps(conn, kek_version, 1)  # a wrap that lost a creation race still spent a nonce
         return self.load(owner, scopes=(scope,)).get(scope, 1)
 
     # -- reading keys --------------------------------------------------------
@@ -228,13 +218,12 @@ class MemberKeys:
                 .limit(1)
             ).first()
         if row is None:
-            key = self._random(32)
-            kek_version, blob = self.provider.wrap(key, _root_aad(name, 1))
-            with self._write() as conn:
-                if conn.execute(
-                    self._insert_ignore(RootKeyRow).values(name=name, version=1, kek_version=kek_version, wrapped=blob, created_at=self._now())
-                ).rowcount:
-                    self._count_wraps(conn, kek_version, 1)
+            with write_transaction(self.engine) as conn:
+                hold_kek(conn)
+                kek_version, blob = self.provider.wrap(self._random(32), _root_aad(name, 1))
+                values = {"name": name, "version": 1, "kek_version": kek_version, "wrapped": blob, "created_at": self._now()}
+                conn.execute(insert_ignore(conn, RootKeyRow).values(**values))
+                count_wraps(conn, kek_version, 1)  # a wrap that lost a creation race still spent a nonce
             return self.root_key(name)
         version, kek_version, wrapped = row
         return self.provider.unwrap(kek_version, bytes(wrapped), _root_aad(name, version))
@@ -244,7 +233,7 @@ class MemberKeys:
     def shred(self, owner: str, scopes: Iterable[str]) -> int:
         """Destroy the owner's keys of the given scopes; idempotent. Returns rows deleted."""
         scope_list = list(scopes)
-        with self._write() as conn:
+        with write_transaction(self.engine) as conn:
             deleted = conn.execute(delete(MemberKeyRow).where(MemberKeyRow.owner_id == owner, MemberKeyRow.scope.in_(scope_list))).rowcount
         self._cache.evict_owner(owner)
         self.checkpoint()
@@ -288,14 +277,14 @@ class MemberKeys:
         if after is not None:
             stmt = stmt.where(pk > tuple_(*after))
         stmt = stmt.where(MemberKeyRow.kek_version != current).order_by(*pk.clauses).limit(limit)
-        with self._write() as conn:
+        with write_transaction(self.engine) as conn:
             rows = conn.execute(stmt).all()
             if rows:
                 aads = [_member_aad(owner, scope, version) for owner, scope, version, _, _ in rows]
                 fresh = self.provider.rewrap([(kv, bytes(w), aad) for (_, _, _, kv, w), aad in zip(rows, aads, strict=True)])
                 params = [(kv, blob, o, s, v, bytes(old)) for (kv, blob), (o, s, v, _, old) in zip(fresh, rows, strict=True)]
                 conn.exec_driver_sql(_rewrap_sql(conn), params)
-                self._count_wraps(conn, current, len(params))
+                count_wraps(conn, current, len(params))
                 done += len(params)
             done += self._rewrap_roots(conn, current)
         last = rows[-1] if len(rows) == limit else None
@@ -312,31 +301,43 @@ class MemberKeys:
             conn.execute(update(RootKeyRow).where(RootKeyRow.name == name, RootKeyRow.version == version).values(kek_version=new_version, wrapped=blob))
         wraps = len(rows) + rewrap_signing_keys(conn, self.provider, current)
         if wraps:
-            self._count_wraps(conn, current, wraps)
+            count_wraps(conn, current, wraps)
         return wraps
+
+    def retire_unreferenced_keks(self) -> tuple[int, ...]:
+        """Retire every KEK version that is not current and wraps no stored key.
+
+        The reference check and the retirement run under the exclusive KEK lock
+        (see keys._store): no key wrapped under a version can commit between the
+        check and the retirement.
+        """
+        retired = []
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn, exclusive=True)
+            refs = self._kek_references(conn)
+            current = self.provider.current_version()
+            for info in self.provider.versions():
+                if info.version != current and not info.retired and refs.get(info.version, 0) == 0:
+                    self.provider.retire(info.version)
+                    retired.append(info.version)
+        return tuple(retired)
 
     def kek_references(self) -> dict[int, int]:
         """How many stored keys each KEK version wraps."""
-        counts: dict[int, int] = {}
         with self.engine.connect() as conn:
-            for column in (MemberKeyRow.kek_version, RootKeyRow.kek_version, SigningKeyRow.kek_version):
-                for version, n in conn.execute(select(column, func.count()).group_by(column)):
-                    counts[int(version)] = counts.get(int(version), 0) + int(n)
+            return self._kek_references(conn)
+
+    @staticmethod
+    def _kek_references(conn: Connection) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for column in (MemberKeyRow.kek_version, RootKeyRow.kek_version, SigningKeyRow.kek_version):
+            for version, n in conn.execute(select(column, func.count()).group_by(column)):
+                counts[int(version)] = counts.get(int(version), 0) + int(n)
         return counts
 
     def wrap_counts(self) -> dict[int, int]:
         with self.engine.connect() as conn:
             return {int(v): int(n) for v, n in conn.execute(select(KekWrapsRow.kek_version, KekWrapsRow.wraps))}
-
-    def _count_wraps(self, conn: Connection, kek_version: int, n: int) -> None:
-        ins = self._insert_ignore(KekWrapsRow).values(kek_version=kek_version, wraps=0)
-        conn.execute(ins)
-        conn.execute(update(KekWrapsRow).where(KekWrapsRow.kek_version == kek_version).values(wraps=KekWrapsRow.wraps + n))
-
-    def _insert_ignore(self, table: type[KeystoreBase]) -> sqlite.Insert | postgresql.Insert:
-        if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
-        return sqlite.insert(table).on_conflict_do_nothing()
 
 
 __all__ = ["DATA_SCOPE", "MemberKeySet", "MemberKeys", "retention_scope"]

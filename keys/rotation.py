@@ -56,14 +56,7 @@ def rotate_kek(
 
 def retire_unreferenced(keys: MemberKeys) -> tuple[int, ...]:
     """Retire every KEK version that is not current and wraps no stored key."""
-    refs = keys.kek_references()
-    current = keys.provider.current_version()
-    retired = []
-    for info in keys.provider.versions():
-        if info.version != current and not info.retired and refs.get(info.version, 0) == 0:
-            keys.provider.retire(info.version)
-            retired.append(info.version)
-    return tuple(retired)
+    return keys.retire_unreferenced_keks()
 
 
 __all__ = ["RotationReport", "retire_unreferenced", "rotate_kek"]

@@ -38,18 +38,17 @@ import base64
 import hashlib
 import json
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, Engine, Row, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import DecryptionError, KeyNotFoundError
-from keys.models import KekWrapsRow, SigningKeyRow
+from keys.models import SigningKeyRow
 from keys.provider import KekProvider
 
 SEED_SIZE = 32
@@ -181,12 +180,13 @@ class SigningKeys:
     def _create_first(self, purpose: SigningPurpose) -> None:
         """Insert version 1 unless another process got there first."""
         private = Ed25519PrivateKey.generate()
-        kek_version, blob = self.provider.wrap(private.private_bytes_raw(), _aad(purpose, 1))
         at = _aware(self._now())
-        row = _row(purpose, 1, kek_version=kek_version, blob=blob, private=private, at=at)
-        with self._write() as conn:
-            if conn.execute(self._insert_ignore().values(**row)).rowcount:
-                self._count_wraps(conn, kek_version, 1)
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn)
+            kek_version, blob = self.provider.wrap(private.private_bytes_raw(), _aad(purpose, 1))
+            row = _row(purpose, 1, kek_version=kek_version, blob=blob, private=private, at=at)
+            conn.execute(insert_ignore(conn, SigningKeyRow).values(**row))
+            count_wraps(conn, kek_version, 1)  # a wrap that lost a creation race still spent a nonce
 
     def rotate(self, purpose: SigningPurpose, overlap: timedelta) -> SigningKey:
         """Make a new version current; older keys stay listed until ``now + overlap`` at the latest."""
@@ -196,7 +196,8 @@ class SigningKeys:
         self.current(purpose)  # rotation starts from an existing key: version 1 is made first if needed
         at = _aware(self._now())
         private = Ed25519PrivateKey.generate()
-        with self._write() as conn:
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn)
             # Lock the purpose's rows (PostgreSQL; SQLite holds the write lock already), then read the
             # newest version in a fresh statement so a rotation that committed meanwhile is seen.
             conn.execute(select(SigningKeyRow.version).where(SigningKeyRow.purpose == purpose.value).with_for_update()).all()
@@ -210,29 +211,9 @@ class SigningKeys:
             conn.execute(update(SigningKeyRow).where(older, SigningKeyRow.retire_after.is_(None)).values(retire_after=deadline))
             conn.execute(update(SigningKeyRow).where(older, SigningKeyRow.retire_after > deadline).values(retire_after=deadline))
             conn.execute(insert(SigningKeyRow).values(**_row(purpose, version, kek_version=kek_version, blob=blob, private=private, at=at)))
-            self._count_wraps(conn, kek_version, 1)
+            count_wraps(conn, kek_version, 1)
         self._cache[(purpose.value, version)] = (blob, private.public_key().public_bytes_raw(), private)
         return SigningKey(purpose, version, signing_key_id(private.public_key()), private)
-
-    # -- the key store -----------------------------------------------------------------
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A writing transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE), as MemberKeys does."""
-        with self.engine.connect() as conn:
-            conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
-
-    def _count_wraps(self, conn: Connection, kek_version: int, n: int) -> None:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(KekWrapsRow).values(kek_version=kek_version, wraps=0).on_conflict_do_nothing())
-        conn.execute(update(KekWrapsRow).where(KekWrapsRow.kek_version == kek_version).values(wraps=KekWrapsRow.wraps + n))
-
-    def _insert_ignore(self) -> sqlite.Insert | postgresql.Insert:
-        if self.engine.dialect.name == "postgresql":
-            return postgresql.insert(SigningKeyRow).on_conflict_do_nothing()
-        return sqlite.insert(SigningKeyRow).on_conflict_do_nothing()
 
 
 def rewrap_signing_keys(conn: Connection, provider: KekProvider, current: int) -> int:

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, func, select
 from sqlalchemy import event as sa_event
 
+import audit.checkpoints
 import audit.store
 import vault.storage.schema
 from audit import merkle
@@ -32,7 +33,7 @@ def _stored_leaves(engine: Engine) -> list[tuple[int, int, bytes]]:
 
 def test_the_migrated_data_database_matches_the_vault_and_audit_metadata(engine: Engine) -> None:
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), [vault.storage.schema.metadata, audit.store.metadata])
+        diff = compare_metadata(MigrationContext.configure(conn), [vault.storage.schema.metadata, audit.store.metadata, audit.checkpoints.metadata])
     assert list(diff) == []
 
 

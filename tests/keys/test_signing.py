@@ -117,7 +117,8 @@ def test_racing_first_uses_agree_on_one_key(runtime: Runtime, other_engine: Engi
     assert len(found) == 2
     assert found[0] == found[1]
     assert len(stored_rows(runtime.keys_engine)) == 1
-    assert runtime.keys.wrap_counts() == {1: 1}
+    # Every wrap is counted, also one that lost the race (it spent a nonce): one or two wraps happened.
+    assert runtime.keys.wrap_counts() in ({1: 1}, {1: 2})
 
 
 def test_unknown_purpose_is_refused(signing: SigningKeys) -> None:

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, LargeBinary, MetaData, inspect
 from sqlalchemy.exc import ProgrammingError
 
+import audit.checkpoints
 import audit.store
 import vault.storage.schema
 from api.runtime import Runtime, open_runtime
@@ -34,7 +35,7 @@ def _diff(engine: Engine, metadata: MetaData | Sequence[MetaData]) -> list[objec
 
 
 def test_migrated_data_database_matches_the_schema_metadata(runtime: Runtime) -> None:
-    assert _diff(runtime.data_engine, [vault.storage.schema.metadata, audit.store.metadata]) == []
+    assert _diff(runtime.data_engine, [vault.storage.schema.metadata, audit.store.metadata, audit.checkpoints.metadata]) == []
 
 
 def test_migrated_key_store_matches_its_models(runtime: Runtime) -> None:

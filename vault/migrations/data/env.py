@@ -5,11 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import audit.checkpoints
 import audit.store
 import vault.storage.schema
 
 # The data database holds the vault's tables and the audit log's.
-target_metadata = [vault.storage.schema.metadata, audit.store.metadata]
+target_metadata = [vault.storage.schema.metadata, audit.store.metadata, audit.checkpoints.metadata]
 
 
 def _run(connection: Connection) -> None:
