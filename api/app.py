@@ -2,8 +2,9 @@
 
 This first cut serves liveness and readiness only; the data routes of API.md
 come with the HTTP API issue. Readiness fails closed: an unmigrated database,
-an unreachable database or an unusable key provider is 503 with a
-problem+json body that names the failed check, never a secret or a value.
+an unreachable database, an unusable key provider or a published audit
+checkpoint that the stored tree does not extend is 503 with a problem+json
+body that names the failed check, never a secret or a value.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import logging as oplog
 from api.runtime import open_provider
 from api.settings import Settings
+from audit.checkpoints import DEFAULT_EVERY_EVENTS, DEFAULT_EVERY_SECONDS, STATE_FILE, Checkpointer
+from audit.errors import AuditError
 from keys.errors import KeysError
+from keys.signing import SigningKeys
 from vault.errors import VaultError
 from vault.storage.engine import make_engine
 from vault.storage.migrate import Database, require_current
@@ -65,6 +69,28 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=None if production else "/openapi.json",
     )
 
+    def audit_ready(checks: dict[str, str]) -> tuple[str, str | None]:
+        """The published checkpoint (``audit/last-checkpoint``) must be a prefix of the stored tree.
+
+        Otherwise — say, after a restore — the vault must not sign on: not ready,
+        with the checkpointer's reason (sizes and codes, no values).
+        """
+        if checks.get("database") != "ok" or checks.get("keystore") != "ok" or app.state.provider is None:
+            return "not_ready", None
+        checkpointer = Checkpointer(
+            app.state.data_engine,
+            SigningKeys(app.state.keys_engine, app.state.provider),
+            origin=settings.audit_origin,
+            state_file=settings.data_dir / STATE_FILE,
+            every_events=DEFAULT_EVERY_EVENTS,
+            every_seconds=DEFAULT_EVERY_SECONDS,
+        )
+        try:
+            status = checkpointer.status()
+        except (AuditError, KeysError, SQLAlchemyError):
+            return "not_ready", None
+        return ("ok", None) if status.ok else ("not_ready", status.reason)
+
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -79,14 +105,16 @@ def create_app(settings: Settings) -> FastAPI:
             except (VaultError, SQLAlchemyError):
                 checks[name] = "not_ready"
         checks["key_provider"] = "ok" if provider_ready() else "not_ready"
+        checks["audit_checkpoint"], audit_reason = audit_ready(checks)
         if all(v == "ok" for v in checks.values()):
             return {"status": "ready", "checks": checks}
         failed = sorted(k for k, v in checks.items() if v != "ok")
+        detail = f"not ready: {', '.join(failed)}" + (f" ({audit_reason})" if audit_reason else "")
         body = {
             "type": "https://member-vault.example/problems/not-ready",
             "title": "Service not ready",
             "status": 503,
-            "detail": f"not ready: {', '.join(failed)}",
+            "detail": detail,
             "request_id": secrets.token_hex(8),
             "checks": checks,
         }

@@ -22,7 +22,11 @@ def _get(settings: Settings, path: str) -> tuple[int, str, dict[str, object]]:
 def test_healthz_and_readyz_on_a_migrated_vault(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     assert _get(settings, "/healthz") == (200, "application/json", {"status": "ok"})
-    assert _get(settings, "/readyz") == (200, "application/json", {"status": "ready", "checks": {"database": "ok", "keystore": "ok", "key_provider": "ok"}})
+    assert _get(settings, "/readyz") == (
+        200,
+        "application/json",
+        {"status": "ready", "checks": {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "ok"}},
+    )
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -34,8 +38,8 @@ def test_readyz_is_503_problem_json_on_an_unmigrated_database(make_settings: Cal
     status, content_type, body = _get(settings, "/readyz")
 
     assert (status, content_type) == (503, "application/problem+json")
-    assert body["checks"] == {"database": "not_ready", "keystore": "ok", "key_provider": "ok"}
-    assert body["detail"] == "not ready: database"
+    assert body["checks"] == {"database": "not_ready", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "not_ready"}
+    assert body["detail"] == "not ready: audit_checkpoint, database"
     assert isinstance(body["request_id"], str)
     assert _get(settings, "/healthz")[0] == 200
 
@@ -48,7 +52,7 @@ def test_readyz_is_503_when_the_keyring_is_readable_by_others(make_settings: Cal
     status, _, body = _get(settings, "/readyz")
 
     assert status == 503
-    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "not_ready"}
+    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "not_ready", "audit_checkpoint": "not_ready"}
     assert set(body) == {"type", "title", "status", "detail", "request_id", "checks"}
     assert str(settings.data_dir) not in json.dumps(body)  # no paths or provider internals
 
@@ -70,3 +74,18 @@ def test_docs_and_openapi_are_off_in_production(make_settings: Callable[..., Set
         assert client.get("/docs").status_code == 404
         assert client.get("/openapi.json").status_code == 404
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_readyz_is_503_when_the_published_checkpoint_is_not_ours(make_settings: Callable[..., Settings]) -> None:
+    """A last-checkpoint the stored tree cannot vouch for (here: not signed by our audit key) stops the vault signing on."""
+    settings = make_settings()
+    state = settings.data_dir / "audit" / "last-checkpoint"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text("member-vault/audit\n10\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\n— member-vault/audit AAAAAA==\n")
+
+    status, _, body = _get(settings, "/readyz")
+
+    assert status == 503
+    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "not_ready"}
+    assert str(body["detail"]).startswith("not ready: audit_checkpoint (")
