@@ -196,9 +196,7 @@ class Checkpointer:
         )
         with self._engine.begin() as conn:
             store.AuditJournal().append(conn, event, now=at)
-        sequencer = Sequencer(self._engine)
-        while sequencer.run_once(now=at):
-            pass
+        Sequencer(self._engine).run_until_idle(now=at)
         with self._mutex, self._locked(None) as conn:
             kept = keep_aside(self._state_file, f"{self._state_file.name}.conflict-{format_utc(at).replace('-', '').replace(':', '')}")
             return Reset(checkpoint=self._sign(conn, at), kept_as=kept, code=conflict.code)

@@ -60,6 +60,13 @@ class Sequencer:
         self._horizon: int | None = None
         self._horizon_lock = threading.Lock()
 
+    def run_until_idle(self, max_batch: int = 10_000, *, now: datetime | None = None) -> int:
+        """Sequence batches until nothing is waiting; return how many entries in all."""
+        total = 0
+        while done := self.run_once(max_batch, now=now):
+            total += done
+        return total
+
     def run_once(self, max_batch: int = 10_000, *, now: datetime | None = None) -> int:
         """Sequence up to ``max_batch`` waiting entries in one transaction; return how many."""
         if max_batch < 1:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class KeystoreBase(DeclarativeBase):
-    pass
+    """The key store's declarative base (its own metadata, apart from the data database's)."""
 
 
 class MemberKeyRow(KeystoreBase):

@@ -84,9 +84,7 @@ def audit_checkpoint(
                 note = reset.checkpoint.note
                 typer.echo(f"resolved: {readiness.reason}; old checkpoint kept as {reset.kept_as or 'nothing (it was missing)'}", err=True)
             else:
-                sequencer = Sequencer(rt.data_engine)
-                while sequencer.run_once(now=now):
-                    pass
+                Sequencer(rt.data_engine).run_until_idle(now=now)
                 note = checkpointer.make(now=now).note
         except CheckpointConflictError as conflict:
             fail(f"{conflict}; {_RESOLVE}")

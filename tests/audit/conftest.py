@@ -44,13 +44,7 @@ def sequence_all(engine: Engine) -> Callable[[], int]:
     """Run one ``Sequencer`` until nothing waits; return how many entries it sequenced."""
     sequencer = Sequencer(engine)
 
-    def run() -> int:
-        total = 0
-        while count := sequencer.run_once():
-            total += count
-        return total
-
-    return run
+    return sequencer.run_until_idle
 
 
 @pytest.fixture

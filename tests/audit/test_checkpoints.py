@@ -91,9 +91,7 @@ def append(engine: Engine, events: list[AuditEvent]) -> None:
     with engine.begin() as conn:
         for event in events:
             journal.append(conn, event, now=T0)
-    sequencer = Sequencer(engine)
-    while sequencer.run_once(now=T0):
-        pass
+    Sequencer(engine).run_until_idle(now=T0)
 
 
 def pinned(checkpointer: Checkpointer, engine: Engine) -> list[str]:

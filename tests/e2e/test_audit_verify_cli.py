@@ -63,9 +63,7 @@ class Vault:
         """Sequence and sign a checkpoint the way ``audit checkpoint`` does, without a subprocess; the note."""
         rt = open_runtime(self.settings)
         try:
-            sequencer = Sequencer(rt.data_engine)
-            while sequencer.run_once():
-                pass
+            Sequencer(rt.data_engine).run_until_idle()
             checkpointer = Checkpointer(
                 rt.data_engine,
                 rt.signing,
