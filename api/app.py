@@ -18,9 +18,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import logging as oplog
-from api.runtime import open_provider
+from api.runtime import make_checkpointer, open_provider
 from api.settings import Settings
-from audit.checkpoints import DEFAULT_EVERY_EVENTS, DEFAULT_EVERY_SECONDS, STATE_FILE, Checkpointer
 from audit.errors import AuditError
 from keys.errors import KeysError
 from keys.signing import SigningKeys
@@ -77,14 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         """
         if checks.get("database") != "ok" or checks.get("keystore") != "ok" or app.state.provider is None:
             return "not_ready", None
-        checkpointer = Checkpointer(
-            app.state.data_engine,
-            SigningKeys(app.state.keys_engine, app.state.provider),
-            origin=settings.audit_origin,
-            state_file=settings.data_dir / STATE_FILE,
-            every_events=DEFAULT_EVERY_EVENTS,
-            every_seconds=DEFAULT_EVERY_SECONDS,
-        )
+        checkpointer = make_checkpointer(settings, app.state.data_engine, SigningKeys(app.state.keys_engine, app.state.provider))
         try:
             status = checkpointer.status()
         except (AuditError, KeysError, SQLAlchemyError):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from api.settings import KeyProviderName, Settings
+from audit.checkpoints import DEFAULT_EVERY_EVENTS, DEFAULT_EVERY_SECONDS, STATE_FILE, Checkpointer
 from keys.errors import KeyringError
 from keys.local import LocalKeyring
 from keys.member_keys import MemberKeys
@@ -42,6 +43,18 @@ class Runtime:
         self.provider.close()
         self.data_engine.dispose()
         self.keys_engine.dispose()
+
+
+def make_checkpointer(settings: Settings, data_engine: Engine, signing: SigningKeys) -> Checkpointer:
+    """The audit checkpointer of this vault: its origin, its state file, the default intervals."""
+    return Checkpointer(
+        data_engine,
+        signing,
+        origin=settings.audit_origin,
+        state_file=settings.data_dir / STATE_FILE,
+        every_events=DEFAULT_EVERY_EVENTS,
+        every_seconds=DEFAULT_EVERY_SECONDS,
+    )
 
 
 def open_provider(settings: Settings) -> KekProvider:
@@ -111,4 +124,4 @@ def init_vault(settings: Settings) -> list[str]:
     return done
 
 
-__all__ = ["Runtime", "init_vault", "open_provider", "open_runtime"]
+__all__ = ["Runtime", "init_vault", "make_checkpointer", "open_provider", "open_runtime"]

@@ -35,9 +35,9 @@ from typing import Annotated
 import typer
 
 from api.cli._common import fail, progress, runtime
-from api.runtime import Runtime
+from api.runtime import Runtime, make_checkpointer
 from audit.checkpoint import parse_verifier_key, verifier_key_string
-from audit.checkpoints import DEFAULT_EVERY_EVENTS, DEFAULT_EVERY_SECONDS, STATE_FILE, Checkpointer
+from audit.checkpoints import Checkpointer
 from audit.errors import AuditError, CheckpointConflictError, VerifierKeyError
 from audit.event import Actor
 from audit.live_verify import verify_stored
@@ -132,14 +132,7 @@ def audit_verify(
 
 
 def _checkpointer(rt: Runtime) -> Checkpointer:
-    return Checkpointer(
-        rt.data_engine,
-        rt.signing,
-        origin=rt.settings.audit_origin,
-        state_file=rt.settings.data_dir / STATE_FILE,
-        every_events=DEFAULT_EVERY_EVENTS,
-        every_seconds=DEFAULT_EVERY_SECONDS,
-    )
+    return make_checkpointer(rt.settings, rt.data_engine, rt.signing)
 
 
 def _operator() -> Actor:
