@@ -79,7 +79,11 @@ _T = TypeVar("_T")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime on every backend (the twin of ``vault.storage.schema.UtcDateTime``; audit does not import vault)."""
+    """An aware UTC datetime on every backend (SQLite keeps no zone: it is restored on read).
+
+    A naive datetime is refused on write rather than guessed at. The vault's
+    tables use this type too.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
