@@ -61,3 +61,19 @@ def owner_sql(runtime: Runtime, backend: str, request: pytest.FixtureRequest) ->
             raw.execute(sql)
 
         yield run
+
+
+@pytest.fixture
+def forge_leaf(owner_sql: Callable[[str], None], backend: str) -> Callable[[int, bytes], None]:
+    """As an administrator: drop the journal's update trigger and overwrite one sequenced leaf's bytes."""
+
+    def forge(index: int, leaf: bytes) -> None:
+        if backend == "postgres":
+            owner_sql("DROP TRIGGER audit_journal_append_only ON audit_journal")
+            literal = f"decode('{leaf.hex()}', 'hex')"
+        else:
+            owner_sql("DROP TRIGGER audit_journal_no_update")
+            literal = f"X'{leaf.hex()}'"
+        owner_sql(f"UPDATE audit_journal SET leaf = {literal} WHERE journal_id = (SELECT journal_id FROM audit_leaves WHERE leaf_index = {index})")
+
+    return forge

@@ -116,20 +116,13 @@ def _retyped_leaf(index: int) -> bytes:
 
 @pytest.mark.parametrize("edited", [0, 5, 7])
 def test_a_leaf_edited_with_the_trigger_dropped_is_caught_by_the_offline_verifier_at_its_index(
-    engine: Engine, backend: str, sequenced: tuple[int, bytes], owner_sql: Callable[[str], None], edited: int
+    engine: Engine, sequenced: tuple[int, bytes], forge_leaf: Callable[[int, bytes], None], edited: int
 ) -> None:
     key = signing_key("audit")
     with engine.connect() as conn:
         checkpoints = [signed_checkpoint(size, audit.store.root(conn, size), key) for size in range(1, 9)]
         assert verify_export(export(conn, 0, 8), checkpoints, [verifier(key)]).ok
-    forged = _retyped_leaf(edited).hex()
-    if backend == "postgres":
-        owner_sql("DROP TRIGGER audit_journal_append_only ON audit_journal")
-        literal = f"decode('{forged}', 'hex')"
-    else:
-        owner_sql("DROP TRIGGER audit_journal_no_update")
-        literal = f"X'{forged}'"
-    owner_sql(f"UPDATE audit_journal SET leaf = {literal} WHERE journal_id = (SELECT journal_id FROM audit_leaves WHERE leaf_index = {edited})")
+    forge_leaf(edited, _retyped_leaf(edited))
     with engine.connect() as conn:
         report = verify_export(export(conn, 0, 8), checkpoints, [verifier(key)])
     assert (report.finding, report.first_bad_index, report.proven_size) == (Finding.ROOT_MISMATCH, edited, edited)

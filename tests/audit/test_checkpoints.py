@@ -478,19 +478,12 @@ def test_the_live_verifier_reports_a_published_checkpoint_the_database_does_not_
 
 @pytest.mark.parametrize("edited", [0, 5, 7])
 def test_the_live_verifier_names_the_index_of_a_leaf_edited_with_the_trigger_dropped(
-    engine: Engine, backend: str, checkpointer: Checkpointer, owner_sql: Callable[[str], None], edited: int
+    engine: Engine, checkpointer: Checkpointer, forge_leaf: Callable[[int, bytes], None], edited: int
 ) -> None:
     for start, end in ((0, 4), (4, 8)):  # sparse checkpoints: the root alone would point at 3 or 7
         append(engine, [sample_event(n) for n in range(start, end)])
         checkpointer.make(now=T0)
-    forged = sample_event(edited, member_id="m-someone-else").leaf_bytes().hex()
-    if backend == "postgres":
-        owner_sql("DROP TRIGGER audit_journal_append_only ON audit_journal")
-        literal = f"decode('{forged}', 'hex')"
-    else:
-        owner_sql("DROP TRIGGER audit_journal_no_update")
-        literal = f"X'{forged}'"
-    owner_sql(f"UPDATE audit_journal SET leaf = {literal} WHERE journal_id = (SELECT journal_id FROM audit_leaves WHERE leaf_index = {edited})")
+    forge_leaf(edited, sample_event(edited, member_id="m-someone-else").leaf_bytes())
     with engine.connect() as conn:
         report, labels = verify_stored(conn, checkpointer, T0)
     assert (report.finding, report.first_bad_index, report.proven_size) == (Finding.ROOT_MISMATCH, edited, 0 if edited < 4 else 4)
