@@ -1,62 +1,71 @@
 """The FastAPI application factory.
 
-This first cut serves liveness and readiness only; the data routes of API.md
-come with the HTTP API issue. Readiness fails closed: an unmigrated database,
-an unreachable database, an unusable key provider or a published audit
-checkpoint that the stored tree does not extend is 503 with a problem+json
-body that names the failed check, never a secret or a value.
+Routers per resource in ``api/routers``; every error is RFC 9457
+problem+json (``api.problems``). Readiness fails closed: an unmigrated or
+unreachable database, an unusable key provider or a published audit
+checkpoint that the stored tree does not extend is 503 with a body that
+names the failed check, never a secret or a value. ``/docs`` and
+``/openapi.json`` are off in production mode.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import logging as oplog
-from api.runtime import make_checkpointer, open_provider
+from api import problems as p
+from api.http import EdgeMiddleware, request_id_of
+from api.routers import health, members
+from api.services import AuditPump, ServiceHolder
 from api.settings import Settings
 from audit.errors import AuditError
 from keys.errors import KeysError
-from keys.signing import SigningKeys
 from vault.errors import VaultError
-from vault.storage.engine import make_engine
-from vault.storage.migrate import Database, require_current
 
-PROBLEM = "application/problem+json"
+log = structlog.get_logger("api.errors")
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
+    "required": ["type", "title", "status", "detail", "request_id"],
+    "properties": {
+        "type": {"type": "string", "format": "uri", "enum": [p.TYPE_BASE + k.slug for k in p.KINDS]},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "enum": sorted({k.status for k in p.KINDS})},
+        "detail": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {"type": "object", "additionalProperties": {"type": "string"}, "description": "field path → reason code (invalid fields only)"},
+    },
+}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, audit_pump: bool = True) -> FastAPI:
+    holder = ServiceHolder(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         oplog.configure(settings.log_level)
-        app.state.data_engine = make_engine(settings.data_url)
-        app.state.keys_engine = make_engine(settings.keys_url)
-        app.state.provider = None
+        health.open_probes(app, settings)
+        pump = AuditPump(holder) if audit_pump else None
+        if pump is not None:
+            pump.start()
         try:
             yield
         finally:
-            if app.state.provider is not None:
-                app.state.provider.close()
-            app.state.data_engine.dispose()
-            app.state.keys_engine.dispose()
-
-    def provider_ready() -> bool:
-        """One long-lived provider per process (a PKCS#11 login is per process); reopened after a failure."""
-        try:
-            if app.state.provider is None:
-                app.state.provider = open_provider(settings)
-            app.state.provider.check()
-        except KeysError:
-            if app.state.provider is not None:
-                app.state.provider.close()
-                app.state.provider = None
-            return False
-        return True
+            if pump is not None:
+                pump.stop()
+            holder.close()
+            health.close_probes(app)
 
     production = settings.is_production
     app = FastAPI(
@@ -67,52 +76,65 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_url=None if production else "/openapi.json",
     )
+    app.state.services = holder
+    app.state.settings = settings
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(members.router)
 
-    def audit_ready(checks: dict[str, str]) -> tuple[str, str | None]:
-        """The published checkpoint (``audit/last-checkpoint``) must be a prefix of the stored tree.
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description="Member Vault API (API.md)")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in members.SCHEMAS:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            components["Problem"] = PROBLEM_SCHEMA
+            app.openapi_schema = schema
+        return app.openapi_schema
 
-        Otherwise — say, after a restore — the vault must not sign on: not ready,
-        with the checkpointer's reason (sizes and codes, no values).
-        """
-        if checks.get("database") != "ok" or checks.get("keystore") != "ok" or app.state.provider is None:
-            return "not_ready", None
-        checkpointer = make_checkpointer(settings, app.state.data_engine, SigningKeys(app.state.keys_engine, app.state.provider))
-        try:
-            status = checkpointer.status()
-        except (AuditError, KeysError, SQLAlchemyError):
-            return "not_ready", None
-        return ("ok", None) if status.ok else ("not_ready", status.reason)
-
-    @app.get("/healthz", tags=["operations"], summary="Liveness")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"], summary="Readiness: databases migrated, key provider usable", response_model=None)
-    def readyz() -> JSONResponse | dict[str, object]:
-        checks: dict[str, str] = {}
-        for name, engine, which in (("database", app.state.data_engine, Database.data), ("keystore", app.state.keys_engine, Database.keystore)):
-            try:
-                require_current(engine, which)
-                checks[name] = "ok"
-            except (VaultError, SQLAlchemyError):
-                checks[name] = "not_ready"
-        checks["key_provider"] = "ok" if provider_ready() else "not_ready"
-        checks["audit_checkpoint"], audit_reason = audit_ready(checks)
-        if all(v == "ok" for v in checks.values()):
-            return {"status": "ready", "checks": checks}
-        failed = sorted(k for k, v in checks.items() if v != "ok")
-        detail = f"not ready: {', '.join(failed)}" + (f" ({audit_reason})" if audit_reason else "")
-        body = {
-            "type": "https://member-vault.example/problems/not-ready",
-            "title": "Service not ready",
-            "status": 503,
-            "detail": detail,
-            "request_id": secrets.token_hex(8),
-            "checks": checks,
-        }
-        return JSONResponse(body, status_code=503, media_type=PROBLEM, headers={"Cache-Control": "no-store"})
-
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customize the schema
     return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, p.ProblemError)  # noqa: S101 - registered for ProblemError only
+        return p.render(exc, request_id_of(request.scope))
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for RequestValidationError only
+        where = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
+        return p.render(p.ProblemError(p.BAD_REQUEST, f"malformed request ({', '.join(where) or 'request'})"), request_id_of(request.scope))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for HTTPException only
+        kind = {404: p.NOT_FOUND, 405: p.METHOD_NOT_ALLOWED}.get(exc.status_code, p.BAD_REQUEST)
+        headers = dict(exc.headers or {})
+        return p.render(p.ProblemError(kind, kind.title.lower(), headers=headers), request_id_of(request.scope))
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        log.warning("request.database_error", error=type(exc).__name__.lower())
+        return p.render(p.ProblemError(p.UNAVAILABLE, "the vault cannot serve this request now"), request_id_of(request.scope))
+
+    async def domain(request: Request, exc: Exception) -> Response:
+        answer = p.problem_for(exc)
+        log.warning("request.refused", error=type(exc).__name__.lower(), status=answer.kind.status)
+        return p.render(answer, request_id_of(request.scope))
+
+    async def last_resort(request: Request, exc: Exception) -> Response:
+        log.error("request.unhandled", error=type(exc).__name__.lower())
+        return p.render(p.problem_for(exc), request_id_of(request.scope))
+
+    app.add_exception_handler(p.ProblemError, problem)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(SQLAlchemyError, database_error)
+    for domain_error in (VaultError, AuditError, KeysError):
+        app.add_exception_handler(domain_error, domain)
+    app.add_exception_handler(Exception, last_resort)
 
 
 def app_from_environment() -> FastAPI:

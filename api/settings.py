@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # The checkpoint origin and verifier key name: a C2SP key name (no space, no "+", no control character).
     audit_origin: str = Field(default="member-vault/audit", min_length=1, max_length=255, pattern=r"^[^\s+\x00-\x1f\x7f]+$")
     log_level: str = "info"
+    # Where ``POST /v1/policies/reload`` reads model.conf and default.csv (default: the policies package).
+    policy_dir: Path | None = None
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _pkcs11_complete(self) -> Settings:

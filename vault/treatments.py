@@ -25,6 +25,7 @@ from vault import data_map as dm
 from vault.codec import open_sealed, to_columns
 from vault.errors import MemberErasedError, NotFoundError
 from vault.ids import TreatmentId, new_id
+from vault.members.clinics import LinkVia, link
 from vault.storage.schema import members, treatments
 from vault.validation import validate_values
 
@@ -59,7 +60,9 @@ class TreatmentRepository:
         cipher = self._keys.get_or_create(member_id, retention_scope(year))
         treatment_id = TreatmentId(new_id())
         row = to_columns(cipher, _FIELDS, treatment_id, clean)
-        conn.execute(insert(treatments).values(treatment_id=treatment_id, member_id=member_id, retention_year=year, created_at=self._now(), **row))
+        now = self._now()
+        conn.execute(insert(treatments).values(treatment_id=treatment_id, member_id=member_id, retention_year=year, created_at=now, **row))
+        link(conn, member_id, str(clean["clinic_id"]), LinkVia.treatment, now)
         return treatment_id
 
     def list_for_member(self, conn: Connection, member_id: str) -> list[Treatment]:

@@ -35,8 +35,9 @@ from vault.codec import to_columns
 from vault.demo import catalog
 from vault.ids import new_id
 from vault.members import MemberRepository
+from vault.members.clinics import LinkVia
 from vault.storage.engine import write_transaction
-from vault.storage.schema import blind_index, ledger_entries, members, treatments
+from vault.storage.schema import blind_index, ledger_entries, member_clinics, members, treatments
 from vault.treatments import retention_year
 from vault.validation import validate_values
 
@@ -96,6 +97,7 @@ def seed_members(
         member_ids = [new_id() for _ in people]
         ciphers = keys.create(member_ids)
         member_rows, index_rows, treat_rows, ledger_rows = [], [], [], []
+        link_rows: list[dict[str, object]] = []
         plans = [(mid, _treatments(rng, p, now), _ledger(rng, now)) for mid, p in zip(member_ids, people, strict=True)]
         retention = _retention_ciphers(keys, [(mid, t) for mid, ts, _ in plans for t in ts])
         for mid, person, (_, treats, entries) in zip(member_ids, people, plans, strict=True):
@@ -105,10 +107,13 @@ def seed_members(
                 {"member_id": mid, "key_version": cipher.key_version, "created_at": now, "updated_at": now, **to_columns(cipher, _MEMBER_FIELDS, mid, clean)}
             )
             index_rows.extend(repo.index_entries(mid, clean))
+            links = {str(clean["home_clinic_id"]): LinkVia.home.value}
             for t in treats:
                 tid, year = new_id(), retention_year(_as_datetime(t["performed_at"]))
                 cols = to_columns(retention[(mid, year)], _TREATMENT_FIELDS, tid, validate_values(dm.Table.treatments, t, partial=False))
                 treat_rows.append({"treatment_id": tid, "member_id": mid, "retention_year": year, "created_at": now, **cols})
+                links.setdefault(str(t["clinic_id"]), LinkVia.treatment.value)
+            link_rows.extend({"member_id": mid, "clinic_id": c, "via": via, "linked_at": now} for c, via in links.items())
             for seq, e in enumerate(entries, start=1):
                 eid = new_id()
                 ledger_rows.append(
@@ -129,6 +134,7 @@ def seed_members(
                 conn.execute(insert(treatments), treat_rows)
             if ledger_rows:
                 conn.execute(insert(ledger_entries), ledger_rows)
+            conn.execute(insert(member_clinics), link_rows)
         ids.extend(member_ids)
         n_treat += len(treat_rows)
         n_ledger += len(ledger_rows)

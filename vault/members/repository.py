@@ -32,6 +32,7 @@ from vault import data_map as dm
 from vault.codec import open_sealed, seal, to_columns
 from vault.errors import MemberErasedError, NotFoundError, ValidationError
 from vault.ids import MemberId, new_id
+from vault.members.clinics import LinkVia, link
 from vault.storage.schema import blind_index, field_history, members
 from vault.validation import blind_index_normal_form, validate_values
 
@@ -67,9 +68,9 @@ class MemberRepository:
 
     # -- create --------------------------------------------------------------
 
-    def create(self, conn: Connection, values: Mapping[str, object]) -> MemberId:
+    def create(self, conn: Connection, values: Mapping[str, object], *, member_id: MemberId | None = None) -> MemberId:
         clean = validate_values(dm.Table.members, values, partial=False)
-        member_id = MemberId(new_id())
+        member_id = MemberId(new_id()) if member_id is None else member_id
         cipher = self._keys.create([member_id])[member_id]
         self.insert_validated(conn, member_id, cipher, clean)
         return member_id
@@ -82,6 +83,7 @@ class MemberRepository:
         entries = self.index_entries(member_id, clean)
         if entries:
             conn.execute(insert(blind_index), entries)
+        link(conn, member_id, str(clean["home_clinic_id"]), LinkVia.home, now)
 
     def index_entries(self, member_id: str, clean: Mapping[str, object]) -> list[dict[str, object]]:
         entries: list[dict[str, object]] = []
@@ -163,6 +165,8 @@ class MemberRepository:
         entries = [e for e in self.index_entries(member_id, clean) if e["field"] in changed]
         if entries:
             conn.execute(insert(blind_index), entries)
+        if "home_clinic_id" in changed:
+            link(conn, member_id, str(clean["home_clinic_id"]), LinkVia.home, now)
         return changed
 
     def history(self, conn: Connection, member_id: str) -> list[dict[str, object]]:

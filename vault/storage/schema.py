@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
@@ -133,4 +135,105 @@ erasures = Table(
     _ts("completed_at", nullable=True),
 )
 
-__all__ = ["blind_index", "erasures", "field_history", "ledger_entries", "members", "metadata", "treatments"]
+# -- access: clinic links, break-glass reviews, idempotency, policy versions, clients, tokens ---------------
+
+# A member is linked to a clinic domain by the home clinic, a treatment there or a front-desk check-in.
+member_clinics = Table(
+    "member_clinics",
+    metadata,
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), primary_key=True),
+    Column("clinic_id", String(32), primary_key=True),
+    Column("via", String(16), nullable=False),
+    _ts("linked_at"),
+    CheckConstraint("via IN ('home', 'treatment', 'check_in')", name="via"),
+    Index(None, "clinic_id"),
+)
+
+# A break-glass read waits here for review by the dpo or a compliance officer; the audit event carries the same id.
+break_glass_reviews = Table(
+    "break_glass_reviews",
+    metadata,
+    Column("review_id", String(ID_LENGTH), primary_key=True),
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("reason_code", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    _ts("requested_at"),
+    Column("status", String(16), nullable=False),
+    Column("reviewed_by", String(256), nullable=True),
+    _ts("reviewed_at", nullable=True),
+    Column("outcome", String(32), nullable=True),
+    CheckConstraint("status IN ('pending', 'reviewed')", name="status"),
+    Index(None, "status", "requested_at"),
+)
+
+# One row per (caller, Idempotency-Key): the first result, as ids and a status — never a personal value.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_digest", LargeBinary(32), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    _ts("created_at"),
+)
+
+# The active policy set is the highest version; every worker process loads it from here.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("policy_hash", String(80), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("activated_by", String(256), nullable=False),
+    _ts("activated_at"),
+)
+
+# Service clients of the vault's own token endpoint; the secret is stored only as a keyed hash.
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("secret_digest", LargeBinary(32), nullable=False),
+    Column("roles", String(512), nullable=False),
+    Column("clinics", String(2048), nullable=False),
+    _ts("created_at"),
+    _ts("secret_rotated_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("token_id", String(128), primary_key=True),
+    _ts("expires_at"),
+    _ts("revoked_at"),
+)
+
+# Failed attempts per bucket (a client id or a remote address) in the current window.
+auth_throttle = Table(
+    "auth_throttle",
+    metadata,
+    Column("bucket", String(128), primary_key=True),
+    _ts("window_start"),
+    Column("failures", Integer, nullable=False),
+)
+
+__all__ = [
+    "auth_throttle",
+    "blind_index",
+    "break_glass_reviews",
+    "clients",
+    "erasures",
+    "field_history",
+    "idempotency_keys",
+    "ledger_entries",
+    "member_clinics",
+    "members",
+    "metadata",
+    "policy_versions",
+    "revoked_tokens",
+    "treatments",
+]

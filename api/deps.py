@@ -1,0 +1,149 @@
+"""FastAPI dependencies, as ``Annotated`` aliases that read naturally in a route.
+
+Order of checks (API.md): authentication (401) → request shape and purpose
+(400) → decision (403) → existence (404) → field validation (422). A route
+lists ``CallerDep`` first; header and body dependencies come after it, so a
+request without a valid token is 401 whatever else is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, TypeVar
+
+import pydantic
+from fastapi import Depends, Header, Request
+
+from api.body import BodyError, parse
+from api.caller import Caller
+from api.http import request_id_of
+from api.problems import BAD_REQUEST, INVALID, UNSUPPORTED_MEDIA, ProblemError
+from api.services import Services
+from vault.break_glass import BreakGlassReason
+from vault.purposes import Purpose
+
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
+
+
+def _services(request: Request) -> Services:
+    holder = request.app.state.services
+    return holder.get()  # type: ignore[no-any-return]  # app.state is untyped; holder is a ServiceHolder
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def _caller(request: Request, services: ServicesDep) -> Caller:
+    return services.authenticator.authenticate(request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _request_id(request: Request) -> str:
+    return request_id_of(request.scope)
+
+
+RequestIdDep = Annotated[str, Depends(_request_id)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+NowDep = Annotated[datetime, Depends(_now)]
+
+
+def _purpose(_caller: CallerDep, x_purpose: Annotated[str | None, Header(description="why the caller reaches personal data (a purpose id)")] = None) -> Purpose:
+    if not x_purpose:
+        raise ProblemError(BAD_REQUEST, "X-Purpose is required for personal data")
+    purpose = next((p for p in Purpose if p.value == x_purpose), None)
+    if purpose is None or not purpose.statable:
+        raise ProblemError(BAD_REQUEST, "X-Purpose is not a purpose a caller can state")
+    return purpose
+
+
+PurposeDep = Annotated[Purpose, Depends(_purpose)]
+
+
+def _break_glass(
+    _caller: CallerDep,
+    x_break_glass_reason: Annotated[
+        str | None, Header(description="break-glass reason code, for a practitioner's emergency read outside their clinics")
+    ] = None,
+) -> BreakGlassReason | None:
+    if x_break_glass_reason is None:
+        return None
+    reason = next((r for r in BreakGlassReason if r.value == x_break_glass_reason), None)
+    if reason is None:
+        raise ProblemError(BAD_REQUEST, "X-Break-Glass-Reason must be a known reason code")
+    return reason
+
+
+BreakGlassDep = Annotated[BreakGlassReason | None, Depends(_break_glass)]
+
+
+@dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A request body parsed strictly: the bytes (for typed validation and idempotency) and the value."""
+
+    raw: bytes
+    value: object
+
+    def keys(self) -> dict[str, frozenset[str]]:
+        """Top-level keys → the keys of their object values (to decide on categories before field validation)."""
+        if not isinstance(self.value, dict):
+            return {}
+        return {k: frozenset(v) if isinstance(v, dict) else frozenset() for k, v in self.value.items()}
+
+
+async def _json_body(_caller: CallerDep, request: Request) -> JsonBody:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    wanted = "application/merge-patch+json" if request.method == "PATCH" else "application/json"
+    if media != wanted:
+        raise ProblemError(UNSUPPORTED_MEDIA, f"the body must be {wanted}")
+    raw = await request.body()
+    try:
+        value = parse(raw)
+    except BodyError as exc:
+        raise ProblemError(BAD_REQUEST, f"the body is not acceptable JSON ({exc.reason})") from None
+    return JsonBody(raw, value)
+
+
+JsonBodyDep = Annotated[JsonBody, Depends(_json_body)]
+
+
+def validate_body(model: type[_Model], raw: bytes) -> _Model:
+    """Typed validation of a body already parsed strictly: 422 naming fields and error types, never input."""
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except pydantic.ValidationError as exc:
+        errors = {_location(e["loc"]): e["type"] for e in exc.errors(include_input=False, include_url=False)}
+        raise ProblemError(INVALID, "one or more fields are invalid", errors=errors) from None
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z_]{0,63}")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """A field path; a key the caller made up is not echoed (it could be a personal value)."""
+    return ".".join(p if isinstance(p, str) and _NAME.fullmatch(p) else "*" for p in loc) or "body"
+
+
+IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, description="retry-safe create: the first result is returned again")]
+
+
+__all__ = [
+    "BreakGlassDep",
+    "CallerDep",
+    "IdempotencyKeyDep",
+    "JsonBody",
+    "JsonBodyDep",
+    "NowDep",
+    "PurposeDep",
+    "RequestIdDep",
+    "ServicesDep",
+    "validate_body",
+]

@@ -1,0 +1,42 @@
+"""JSON responses of personal data, and how a gated refusal becomes an HTTP problem."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import NoReturn
+
+from fastapi.responses import Response
+
+from api.problems import CONSENT_REQUIRED, FORBIDDEN, ProblemError, problem_for
+from vault.access import Access, Outcome, Refusal
+
+JSON_MEDIA_TYPE = "application/json"
+CONSENT_REQUIRED_REASON = "consent_required"
+
+
+def _default(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def json_response(body: Mapping[str, object] | list[object], status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """``body`` as UTF-8 JSON, never cached (``Cache-Control: no-store``)."""
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_default).encode("utf-8")
+    return Response(content, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def refuse(refusal: Refusal, access: Access) -> NoReturn:
+    """Answer a refusal: 403 (the same for every id), or the problem of the domain error."""
+    if refusal.outcome is Outcome.denied:
+        if access.reason == CONSENT_REQUIRED_REASON:
+            raise ProblemError(CONSENT_REQUIRED, "the member's live consent does not cover this purpose")
+        raise ProblemError(FORBIDDEN, "the policy does not allow this request")
+    raise problem_for(refusal.error) if refusal.error is not None else ProblemError(FORBIDDEN, "the policy does not allow this request")
+
+
+__all__ = ["CONSENT_REQUIRED_REASON", "JSON_MEDIA_TYPE", "json_response", "refuse"]

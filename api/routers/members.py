@@ -1,0 +1,168 @@
+"""Members: create, read (projected by policy), rectify, search, check in."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from api import problems as p
+from api.decisions import member_access, operation_access
+from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, validate_body
+from api.idempotency import StoredResponse
+from api.responses import json_response, refuse
+from api.schemas.members import (
+    MEMBER_CATEGORIES,
+    CheckIn,
+    CheckInResult,
+    MemberChanged,
+    MemberCreate,
+    MemberCreated,
+    MemberPatch,
+    MemberResource,
+    SearchRequest,
+    SearchResults,
+    flatten,
+    member_categories_in,
+)
+from vault.access import Refusal
+from vault.break_glass import queue_review
+from vault.members.gate import SearchScope
+
+router = APIRouter(prefix="/v1/members", tags=["members"])
+MemberIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque member id")]
+_READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
+_WRITE_ERRORS = p.openapi_responses(
+    p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a member",
+    response_model=None,
+    responses={201: {"model": MemberCreated}, **_WRITE_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemberCreate"}}}}},
+)
+def create_member(
+    caller: CallerDep,
+    purpose: PurposeDep,
+    raw: JsonBodyDep,
+    services: ServicesDep,
+    request_id: RequestIdDep,
+    now: NowDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    digest = services.idempotency.digest("POST", "/v1/members", raw.raw)
+    with services.unit() as conn:
+        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
+            return _created(stored)
+        membership = raw.value.get("membership") if isinstance(raw.value, dict) else None
+        home = membership.get("home_clinic_id") if isinstance(membership, dict) else None
+        domain = "clinic" if caller.is_staff and (caller.all_clinics or home in caller.clinics) else "none"
+        categories = member_categories_in(raw.keys())
+        decision = member_access(services, conn, caller, purpose, "", action="write", categories=categories, request_id=request_id, now=now, domain=domain)
+        values = flatten(validate_body(MemberCreate, raw.raw)) if decision.access.writable else {}
+        result = services.members.create(conn, decision.access, values)
+        if isinstance(result, Refusal):
+            stored = None
+        else:
+            stored = StoredResponse(201, {"member_id": result})
+            if idempotency_key is not None:
+                services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=stored, now=now)
+    if stored is None:
+        refuse(result, decision.access)  # type: ignore[arg-type]  # result is the Refusal here
+    return _created(stored)
+
+
+def _created(stored: StoredResponse) -> Response:
+    member_id = str(stored.body["member_id"])
+    return json_response(stored.body, status_code=stored.status_code, headers={"Location": f"/v1/members/{member_id}"})
+
+
+@router.get("/{member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **_READ_ERRORS})
+def read_member(
+    member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, break_glass: BreakGlassDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
+) -> Response:
+    with services.unit() as conn:
+        decision = member_access(
+            services, conn, caller, purpose, member_id, action="read", categories=MEMBER_CATEGORIES, request_id=request_id, now=now, break_glass=break_glass
+        )
+        view = services.members.read(conn, decision.access, member_id)
+        if not isinstance(view, Refusal) and decision.break_glass is not None:
+            queue_review(conn, member_id=member_id, subject=caller.subject, reason=decision.break_glass, request_id=request_id, now=now)
+    if isinstance(view, Refusal):
+        refuse(view, decision.access)
+    body: dict[str, object] = {"member_id": view.member_id}
+    body.update({c.value: values for c, values in view.values.items()})
+    body["redacted"] = sorted(c.value for c in MEMBER_CATEGORIES if c not in decision.access.readable)
+    return json_response(body)
+
+
+@router.patch(
+    "/{member_id}",
+    summary="Rectify some fields (RFC 7396 merge patch); previous values stay in the member's history",
+    response_model=None,
+    responses={200: {"model": MemberChanged}, **_WRITE_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/MemberPatch"}}}}},
+)
+def patch_member(
+    member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
+) -> Response:
+    with services.unit() as conn:
+        categories = member_categories_in(raw.keys())
+        decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=categories, request_id=request_id, now=now)
+        changes = flatten(validate_body(MemberPatch, raw.raw)) if decision.access.writable else {}
+        result = services.members.update(conn, decision.access, member_id, changes)
+    if isinstance(result, Refusal):
+        refuse(result, decision.access)
+    return json_response({"member_id": member_id, "changed": sorted(result)})
+
+
+@router.post(
+    "/search",
+    summary="Find members by phone, e-mail, document number or card number (ids only, within the caller's clinics)",
+    response_model=None,
+    responses={200: {"model": SearchResults}, **_WRITE_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}},
+)
+def search_members(caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
+    name, value = validate_body(SearchRequest, raw.raw).term()
+    if caller.own_member_id is not None:
+        scope = SearchScope(member_id=caller.own_member_id, clinics=frozenset())
+    else:
+        scope = SearchScope(clinics=None if caller.all_clinics or not caller.is_staff else caller.clinics)
+    with services.unit() as conn:
+        domain = "self" if caller.own_member_id is not None else "none"
+        access, allowed = operation_access(services, conn, caller, "member:lookup", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)
+        found = services.members.search(conn, access, allowed=allowed, field_name=name, value=value, scope=scope)
+    if isinstance(found, Refusal):
+        refuse(found, access)
+    return json_response({"results": [{"member_id": m} for m in found]})
+
+
+@router.post(
+    "/{member_id}/clinics",
+    summary="Check in: link the member to the caller's clinic (front desk), with the member's card number as proof of presence",
+    response_model=None,
+    responses={200: {"model": CheckInResult}, **_WRITE_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}}}},
+)
+def check_in(
+    member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
+) -> Response:
+    body = validate_body(CheckIn, raw.raw)
+    with services.unit() as conn:
+        access, allowed = operation_access(services, conn, caller, "member:clinics", "write", request_id=request_id, now=now, purpose=purpose, domain="none")
+        allowed = allowed and (caller.all_clinics or body.clinic_id in caller.clinics)
+        linked = services.members.check_in(conn, access, allowed=allowed, member_id=member_id, clinic_id=body.clinic_id, card_no=body.card_no)
+    if isinstance(linked, Refusal):
+        refuse(linked, access)
+    return json_response({"member_id": member_id, "clinic_id": body.clinic_id, "linked": linked})
+
+
+SCHEMAS = (MemberCreate, MemberPatch, SearchRequest, CheckIn, MemberResource, MemberCreated, MemberChanged, SearchResults, CheckInResult)
+
+__all__ = ["SCHEMAS", "router"]

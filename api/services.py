@@ -1,0 +1,150 @@
+"""The app's long-lived objects, opened on first use and kept on ``app.state``.
+
+``ServiceHolder.get()`` opens the vault (databases at the code's revision,
+key provider usable) the first time a route needs it, and again after a
+failure — so the app starts and answers ``/healthz`` with the database or
+the key provider down, and a data route answers 503 instead of hanging.
+
+``AuditPump`` is each process's background thread that sequences journal
+entries into the tree and signs a checkpoint when one is due; the
+sequencer's database lock keeps several processes from racing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.authn import Authenticator
+from api.authz import PolicyStore
+from api.idempotency import ROOT_KEY as IDEMPOTENCY_ROOT_KEY
+from api.idempotency import Idempotency
+from api.problems import UNAVAILABLE, ProblemError
+from api.runtime import Runtime, make_checkpointer, open_runtime
+from api.settings import Settings
+from audit.errors import AuditError
+from audit.sequencer import Sequencer
+from audit.store import AuditJournal
+from keys.errors import KeysError
+from policies import DEFAULT_DIRECTORY
+from vault.access import Gatekeeper
+from vault.consent_check import ConsentCheck, NoConsentRecords
+from vault.errors import VaultError
+from vault.members.gate import MemberGate
+from vault.storage.engine import write_transaction
+
+log = structlog.get_logger("api.services")
+PUMP_INTERVAL_SECONDS = 0.25
+
+
+@dataclass
+class Services:
+    settings: Settings
+    runtime: Runtime
+    gatekeeper: Gatekeeper
+    members: MemberGate
+    authenticator: Authenticator
+    policies: PolicyStore
+    consent: ConsentCheck
+    idempotency: Idempotency
+
+    @contextmanager
+    def unit(self) -> Iterator[Connection]:
+        """One request's transaction on the data database: its writes and its audit event commit together."""
+        try:
+            with write_transaction(self.runtime.data_engine) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+def build(settings: Settings) -> Services:
+    runtime = open_runtime(settings)
+    try:
+        gatekeeper = Gatekeeper(AuditJournal())
+        return Services(
+            settings=settings,
+            runtime=runtime,
+            gatekeeper=gatekeeper,
+            members=MemberGate(runtime.members, gatekeeper),
+            authenticator=Authenticator(settings, runtime.signing, runtime.data_engine),
+            policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
+            consent=NoConsentRecords(),
+            idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
+        )
+    except Exception:
+        runtime.close()
+        raise
+
+
+class ServiceHolder:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._services: Services | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Services:
+        services = self._services
+        if services is not None:
+            return services
+        with self._lock:
+            if self._services is None:
+                try:
+                    self._services = build(self._settings)
+                except (VaultError, KeysError, AuditError, SQLAlchemyError, OSError) as exc:
+                    log.warning("services.unavailable", error=type(exc).__name__.lower())
+                    raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
+            return self._services
+
+    def peek(self) -> Services | None:
+        return self._services
+
+    def close(self) -> None:
+        with self._lock:
+            if self._services is not None:
+                self._services.close()
+                self._services = None
+
+
+class AuditPump:
+    """Sequences the journal and signs due checkpoints, in a daemon thread, until stopped."""
+
+    def __init__(self, holder: ServiceHolder, interval: float = PUMP_INTERVAL_SECONDS) -> None:
+        self._holder = holder
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-pump", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            services = self._holder.peek()
+            if services is None:
+                continue
+            try:
+                self.pump(services)
+            except (AuditError, KeysError, SQLAlchemyError) as exc:
+                log.warning("audit.pump_failed", error=type(exc).__name__.lower())
+
+    @staticmethod
+    def pump(services: Services) -> None:
+        Sequencer(services.runtime.data_engine).run_until_idle()
+        make_checkpointer(services.settings, services.runtime.data_engine, services.runtime.signing).maybe_make()
+
+
+__all__ = ["AuditPump", "ServiceHolder", "Services", "build"]

@@ -1,0 +1,142 @@
+"""The gate's common part: an access decision as a plain value, and the audited unit of work.
+
+The edge (api/) asks the policies for a decision and hands the vault an
+``Access``: who is asking, why, under which policy hash, and which
+data-map categories the caller may read and write. The vault never sees a
+request and never calls the policies.
+
+``perform`` is how every gate reaches personal data, in the caller's
+transaction:
+
+* a refused decision journals one ``deny`` event and returns
+  ``Refusal(denied)`` without touching any record;
+* an allowed one runs the operation inside a savepoint, then journals one
+  ``allow`` event whose ``outcome`` says what happened (``ok``,
+  ``not_found``, ``invalid``, ``conflict``, ``integrity_error``). A domain
+  error rolls the savepoint back (nothing partial is written) and comes back
+  as a ``Refusal`` carrying the error, so the caller can still commit the
+  event: every decision leaves exactly one event;
+* any other failure — the audit journal included (``AuditStoreError``) —
+  propagates, and the caller's transaction rolls back: no data is returned
+  and no write commits without its event (fail closed).
+
+Events carry ids, field and category names and codes, never values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TypeVar
+
+from sqlalchemy import Connection
+
+from audit.event import Actor, AuditEvent, Decision, event_time
+from audit.store import AuditJournal
+from vault import data_map as dm
+from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError, VaultError
+
+_T = TypeVar("_T")
+
+
+class Outcome(StrEnum):
+    ok = "ok"
+    denied = "denied"
+    not_found = "not_found"
+    invalid = "invalid"
+    conflict = "conflict"
+    integrity_error = "integrity_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The edge's decision for one request."""
+
+    actor: Actor
+    request_id: str
+    purpose: str | None
+    policy_hash: str
+    now: datetime
+    readable: frozenset[dm.Category] = frozenset()
+    writable: frozenset[dm.Category] = frozenset()
+    # Why the decision came out as it did: a policy reason code, ``consent_required``, or ``break_glass:<reason>``.
+    reason: str = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An expected way for a gated operation to end without its result."""
+
+    outcome: Outcome
+    error: VaultError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What an event is about."""
+
+    action: str
+    resource_type: str
+    resource_id: str | None = None
+    member_id: str | None = None
+    fields: tuple[str, ...] = ()
+
+
+_OUTCOMES: tuple[tuple[type[VaultError], Outcome], ...] = (
+    (NotFoundError, Outcome.not_found),
+    (MemberErasedError, Outcome.not_found),
+    (ValidationError, Outcome.invalid),
+    (ConflictError, Outcome.conflict),
+    (RecordIntegrityError, Outcome.integrity_error),
+)
+
+
+class Gatekeeper:
+    """Runs gated operations and journals their one event."""
+
+    def __init__(self, journal: AuditJournal) -> None:
+        self._journal = journal
+
+    def perform(self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T]) -> _T | Refusal:
+        if not allowed:
+            self.record(conn, access, target, Decision.DENY, Outcome.denied)
+            return Refusal(Outcome.denied)
+        try:
+            with conn.begin_nested():
+                result = operation()
+        except VaultError as exc:
+            outcome = next((o for kind, o in _OUTCOMES if isinstance(exc, kind)), None)
+            if outcome is None:
+                raise
+            self.record(conn, access, target, Decision.ALLOW, outcome)
+            return Refusal(outcome, exc)
+        self.record(conn, access, target, Decision.ALLOW, Outcome.ok)
+        return result
+
+    def record(self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome) -> None:
+        """Journal the one event of a decision (also used by the edge for decisions that reach no record)."""
+        event = AuditEvent(
+            time=event_time(access.now),
+            request_id=access.request_id,
+            actor=access.actor,
+            action=target.action,
+            resource_type=target.resource_type,
+            resource_id=target.resource_id,
+            member_id=target.member_id,
+            fields=target.fields,
+            purpose=access.purpose,
+            decision=decision,
+            reason_code=access.reason,
+            policy_hash=access.policy_hash,
+            outcome=outcome.value,
+        )
+        self._journal.append(conn, event, now=access.now)
+
+
+def category_names(categories: Collection[dm.Category]) -> tuple[str, ...]:
+    return tuple(sorted(c.value for c in categories))
+
+
+__all__ = ["Access", "Gatekeeper", "Outcome", "Refusal", "Target", "category_names"]
