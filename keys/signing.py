@@ -59,6 +59,7 @@ class SigningPurpose(StrEnum):
     audit = "audit"
     jwt = "jwt"
     receipts = "receipts"
+    dev_jwt = "dev-jwt"  # the development issuer (member-vault-dev); never trusted in production
 
 
 def signing_key_id(public_key: Ed25519PublicKey) -> str:
