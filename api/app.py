@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import logging as oplog
 from api import problems as p
 from api.http import EdgeMiddleware, request_id_of
-from api.routers import health, members
+from api import routers
+from api.routers import health
 from api.services import AuditPump, ServiceHolder
 from api.settings import Settings
 from audit.errors import AuditError
@@ -80,14 +81,14 @@ def create_app(settings: Settings, *, audit_pump: bool = True) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(members.router)
+    for module in routers.ALL:
+        app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description="Member Vault API (API.md)")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in members.SCHEMAS:
+            for model in (m for module in routers.ALL for m in getattr(module, "SCHEMAS", ())):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body

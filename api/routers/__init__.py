@@ -1,1 +1,16 @@
-"""One router per resource; each route parses, authorizes, calls the vault and shapes the reply."""
+"""One router per resource; each route parses, authorizes, calls the vault and shapes the reply.
+
+``ALL`` lists the router modules the app mounts, in order. Each has a
+``router`` and a ``SCHEMAS`` tuple: the pydantic models its routes name in
+``openapi_extra`` (request bodies) that the OpenAPI schema must carry.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from api.routers import health, members
+
+ALL: tuple[ModuleType, ...] = (health, members)
+
+__all__ = ["ALL"]

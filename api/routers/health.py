@@ -101,4 +101,6 @@ def readyz(request: Request) -> JSONResponse | dict[str, Any]:
     return JSONResponse(body, status_code=503, media_type=PROBLEM_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
 
-__all__ = ["close_probes", "open_probes", "router"]
+SCHEMAS: tuple[type, ...] = ()
+
+__all__ = ["SCHEMAS", "close_probes", "open_probes", "router"]
