@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, TypeVar
 
 import pydantic
@@ -22,7 +23,7 @@ from api.http import request_id_of
 from api.problems import BAD_REQUEST, INVALID, UNSUPPORTED_MEDIA, ProblemError
 from api.services import Services
 from vault.break_glass import BreakGlassReason
-from vault.purposes import Purpose
+from vault.purposes import Purpose, statable
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
@@ -56,13 +57,13 @@ def _now() -> datetime:
 NowDep = Annotated[datetime, Depends(_now)]
 
 
-def _purpose(_caller: CallerDep, x_purpose: Annotated[str | None, Header(description="why the caller reaches personal data (a purpose id)")] = None) -> Purpose:
-    if not x_purpose:
-        raise ProblemError(BAD_REQUEST, "X-Purpose is required for personal data")
-    purpose = next((p for p in Purpose if p.value == x_purpose), None)
-    if purpose is None or not purpose.statable:
-        raise ProblemError(BAD_REQUEST, "X-Purpose is not a purpose a caller can state")
-    return purpose
+# The purposes a caller may state, as the header's closed value set in the OpenAPI schema.
+StatedPurpose = StrEnum("StatedPurpose", {p.value: p.value for p in statable()})  # type: ignore[misc]  # functional API
+
+
+def _purpose(_caller: CallerDep, x_purpose: Annotated[StatedPurpose, Header(description="why the caller reaches personal data (a purpose id)")]) -> Purpose:
+    """Missing or not a statable purpose → 400 (via the request-validation handler)."""
+    return Purpose(x_purpose.value)
 
 
 PurposeDep = Annotated[Purpose, Depends(_purpose)]
@@ -70,16 +71,13 @@ PurposeDep = Annotated[Purpose, Depends(_purpose)]
 
 def _break_glass(
     _caller: CallerDep,
+    # Typed without ``| None`` so the schema says "one of the codes, or absent" (never the string "null").
     x_break_glass_reason: Annotated[
-        str | None, Header(description="break-glass reason code, for a practitioner's emergency read outside their clinics")
-    ] = None,
+        BreakGlassReason, Header(description="break-glass reason code, for a practitioner's emergency read outside their clinics")
+    ] = None,  # type: ignore[assignment]
 ) -> BreakGlassReason | None:
-    if x_break_glass_reason is None:
-        return None
-    reason = next((r for r in BreakGlassReason if r.value == x_break_glass_reason), None)
-    if reason is None:
-        raise ProblemError(BAD_REQUEST, "X-Break-Glass-Reason must be a known reason code")
-    return reason
+    """An unknown or empty reason code → 400 (via the request-validation handler)."""
+    return x_break_glass_reason
 
 
 BreakGlassDep = Annotated[BreakGlassReason | None, Depends(_break_glass)]

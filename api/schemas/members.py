@@ -32,11 +32,12 @@ class MemberCreated(BaseModel):
 class SearchRequest(BaseModel):
     """Exactly one of the blind-indexed fields."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    phone: Annotated[str, Field(max_length=32)] | None = None
-    email: Annotated[str, Field(max_length=254)] | None = None
-    national_id: Annotated[str, Field(max_length=32)] | None = None
-    card_no: Annotated[str, Field(max_length=32)] | None = None
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1, "maxProperties": 1})
+    # Not nullable in the schema: absent, or a string.
+    phone: Annotated[str, Field(max_length=32)] = None  # type: ignore[assignment]
+    email: Annotated[str, Field(max_length=254)] = None  # type: ignore[assignment]
+    national_id: Annotated[str, Field(max_length=32)] = None  # type: ignore[assignment]
+    card_no: Annotated[str, Field(max_length=32)] = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchRequest:
