@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/vaultctl init
 	$(BIN)/vaultctl demo seed --members 200 --seed 1 --if-empty
-	$(BIN)/vaultctl serve --host 127.0.0.1 --port 8000
+	$(BIN)/vaultctl demo tokens
+	$(BIN)/vaultctl serve --host 127.0.0.1 --port 8000 --workers 2
 
 ## test: install PostgreSQL and SoftHSM2 if missing, start throwaway instances, run the whole suite
 test: $(STAMP)

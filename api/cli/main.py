@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
@@ -23,6 +23,7 @@ from api.cli._common import progress as _progress
 from api.cli._common import runtime as _runtime
 from api.cli._common import settings as _settings
 from api.cli.audit import audit_app
+from api.cli.demo_tokens import write_demo_tokens
 from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
@@ -95,6 +96,23 @@ def demo_seed(
             )
         log.info("demo.seeded", count=report.members)
         typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
+
+
+@demo_app.command("tokens")
+def demo_tokens(
+    clinic: Annotated[str, typer.Option("--clinic", help="The clinic of the staff tokens.")] = "sh-001",
+    ttl: Annotated[int, typer.Option("--ttl", min=60, max=3600, help="Lifetime in seconds (at most the 1 h cap).")] = 3600,
+) -> None:
+    """Write a development-issuer token for every role to tokens/ROLE.jwt (mode 600); the member token is the first member's."""
+    settings = _settings()
+    if settings.is_production:
+        _fail("the development issuer is refused in production mode")
+    with _runtime() as rt:
+        with rt.data_engine.connect() as conn:
+            first = conn.scalar(select(members.c.member_id).where(members.c.home_clinic_id == clinic).order_by(members.c.member_id).limit(1))
+        written = write_demo_tokens(rt, settings.data_dir / "tokens", clinic=clinic, member_id=first, ttl=timedelta(seconds=ttl), now=datetime.now(UTC))
+    for path in written:
+        typer.echo(str(path))
 
 
 @keys_app.command("rotate")
