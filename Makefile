@@ -37,7 +37,9 @@ check: lint test
 
 ## bench: the benchmarks of docs/benchmarks.md, each against its plain baseline in the same run
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; }
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks
+	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.http
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
