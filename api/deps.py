@@ -1,5 +1,10 @@
 """FastAPI dependencies, as ``Annotated`` aliases that read naturally in a route.
 
+They are ``async``: each is short (a header check, a token verification and
+one indexed lookup), and FastAPI runs a sync dependency in the thread pool —
+one thread hop per dependency per request, which costs more CPU than the
+work itself. The route bodies, which do the database work, stay sync.
+
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route
 lists ``CallerDep`` first; header and body dependencies come after it, so a
@@ -28,7 +33,7 @@ from vault.purposes import Purpose, statable
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
     holder = request.app.state.services
     return holder.get()  # type: ignore[no-any-return]  # app.state is untyped; holder is a ServiceHolder
 
@@ -36,21 +41,21 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def _caller(request: Request, services: ServicesDep) -> Caller:
+async def _caller(request: Request, services: ServicesDep) -> Caller:
     return services.authenticator.authenticate(request.headers.get("authorization"))
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return request_id_of(request.scope)
 
 
 RequestIdDep = Annotated[str, Depends(_request_id)]
 
 
-def _now() -> datetime:
+async def _now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -61,7 +66,9 @@ NowDep = Annotated[datetime, Depends(_now)]
 StatedPurpose = StrEnum("StatedPurpose", {p.value: p.value for p in statable()})  # type: ignore[misc]  # functional API
 
 
-def _purpose(_caller: CallerDep, x_purpose: Annotated[StatedPurpose, Header(description="why the caller reaches personal data (a purpose id)")]) -> Purpose:
+async def _purpose(
+    _caller: CallerDep, x_purpose: Annotated[StatedPurpose, Header(description="why the caller reaches personal data (a purpose id)")]
+) -> Purpose:
     """Missing or not a statable purpose → 400 (via the request-validation handler)."""
     return Purpose(x_purpose.value)
 
@@ -69,7 +76,7 @@ def _purpose(_caller: CallerDep, x_purpose: Annotated[StatedPurpose, Header(desc
 PurposeDep = Annotated[Purpose, Depends(_purpose)]
 
 
-def _break_glass(
+async def _break_glass(
     _caller: CallerDep,
     # Typed without ``| None`` so the schema says "one of the codes, or absent" (never the string "null").
     x_break_glass_reason: Annotated[
