@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import logging as oplog
 from api import problems as p
-from api.http import EdgeMiddleware, request_id_of
 from api import routers
+from api.http import EdgeMiddleware, request_id_of
 from api.routers import health
 from api.services import AuditPump, ServiceHolder
 from api.settings import Settings

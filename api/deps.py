@@ -97,12 +97,6 @@ class JsonBody:
     raw: bytes
     value: object
 
-    def keys(self) -> dict[str, frozenset[str]]:
-        """Top-level keys → the keys of their object values (to decide on categories before field validation)."""
-        if not isinstance(self.value, dict):
-            return {}
-        return {k: frozenset(v) if isinstance(v, dict) else frozenset() for k, v in self.value.items()}
-
 
 async def _json_body(_caller: CallerDep, request: Request) -> JsonBody:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -137,6 +131,14 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(p if isinstance(p, str) and _NAME.fullmatch(p) else "*" for p in loc) or "body"
 
 
+def parse_model(model: type[_Model], raw: bytes) -> _Model | None:
+    """Typed validation that does not answer by itself: None when invalid, for a gate to refuse after the decision."""
+    try:
+        return model.model_validate_json(raw, strict=True)
+    except pydantic.ValidationError:
+        return None
+
+
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, description="retry-safe create: the first result is returned again")]
 
 
@@ -150,5 +152,6 @@ __all__ = [
     "PurposeDep",
     "RequestIdDep",
     "ServicesDep",
+    "parse_model",
     "validate_body",
 ]

@@ -66,6 +66,7 @@ ALLOWED_KEYS: dict[str, Callable[[object], bool]] = {
     "timestamp": _timestamp,
     "request_id": _request_id,
     "member_id": _hex_id,
+    "client_id": _name,  # a registered service client's id: an operator-chosen name, never personal
     "treatment_id": _hex_id,
     "entry_id": _hex_id,
     "field": _name,

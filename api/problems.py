@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from audit.errors import AuditError, CursorError, ProofRangeError
 from keys.errors import KeysError
+from policies import PolicyValidationError
 from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, SchemaNotReadyError, StorageError, ValidationError, VaultError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -85,6 +86,8 @@ def problem_for(exc: Exception) -> ProblemError:  # noqa: PLR0911 - one return p
             return ProblemError(CONFLICT, str(exc))
         case RecordIntegrityError():
             return ProblemError(INTEGRITY, "a stored value failed its integrity check; the incident was recorded")
+        case PolicyValidationError():
+            return ProblemError(INVALID, f"the policy files are refused: {exc}")
         case ProofRangeError() | CursorError():
             return ProblemError(BAD_REQUEST, str(exc))
         case SchemaNotReadyError() | StorageError() | AuditError() | KeysError():

@@ -36,8 +36,10 @@ from policies import DEFAULT_DIRECTORY
 from vault.access import Gatekeeper
 from vault.consent_check import ConsentCheck, NoConsentRecords
 from vault.errors import VaultError
+from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
 from vault.storage.engine import write_transaction
+from vault.treatments_gate import TreatmentGate
 
 log = structlog.get_logger("api.services")
 PUMP_INTERVAL_SECONDS = 0.25
@@ -49,6 +51,8 @@ class Services:
     runtime: Runtime
     gatekeeper: Gatekeeper
     members: MemberGate
+    treatments: TreatmentGate
+    ledger: LedgerGate
     authenticator: Authenticator
     policies: PolicyStore
     consent: ConsentCheck
@@ -76,6 +80,8 @@ def build(settings: Settings) -> Services:
             runtime=runtime,
             gatekeeper=gatekeeper,
             members=MemberGate(runtime.members, gatekeeper),
+            treatments=TreatmentGate(runtime.treatments, runtime.members, gatekeeper),
+            ledger=LedgerGate(runtime.ledger, runtime.members, gatekeeper),
             authenticator=Authenticator(settings, runtime.signing, runtime.data_engine),
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=NoConsentRecords(),

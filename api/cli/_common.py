@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -15,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import logging as oplog
 from api.runtime import Runtime, open_runtime
 from api.settings import Settings
+from audit.event import Actor
 from keys.errors import KeysError
 from vault.errors import VaultError
 
@@ -56,4 +60,17 @@ def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
 
 
-__all__ = ["fail", "progress", "runtime", "settings"]
+_OPERATOR = re.compile(r"[!-~]{1,200}")
+
+
+def operator() -> Actor:
+    """The person at the terminal, as a vault_admin actor: their login name, else their uid."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):
+        name = ""
+    subject = f"os-user:{name}" if _OPERATOR.fullmatch(name) else f"os-uid:{os.getuid()}"
+    return Actor(subject=subject, roles=("vault_admin",), client_id="vaultctl", acting_staff=None)
+
+
+__all__ = ["fail", "operator", "progress", "runtime", "settings"]

@@ -22,9 +22,7 @@
 
 from __future__ import annotations
 
-import getpass
 import os
-import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,12 +32,11 @@ from typing import Annotated
 
 import typer
 
-from api.cli._common import fail, progress, runtime
+from api.cli._common import fail, operator, progress, runtime
 from api.runtime import Runtime, make_checkpointer
 from audit.checkpoint import parse_verifier_key, verifier_key_string
 from audit.checkpoints import Checkpointer
 from audit.errors import AuditError, CheckpointConflictError, VerifierKeyError
-from audit.event import Actor
 from audit.live_verify import verify_stored
 from audit.queries import export
 from audit.sequencer import Sequencer
@@ -51,7 +48,6 @@ audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log
 
 MAX_CHECKPOINT_BYTES = 64 * 1024
 _RESOLVE = "resolve it with `vaultctl audit checkpoint --accept-restore` (SECURITY.md: Resolving a checkpoint conflict)"
-_OPERATOR = re.compile(r"[!-~]{1,200}")
 
 
 @audit_app.command("keys")
@@ -80,7 +76,7 @@ def audit_checkpoint(
                 readiness = checkpointer.status()
                 if readiness.ok:
                     fail("no checkpoint conflict to resolve: the database extends the published checkpoint")
-                reset = checkpointer.accept_restore(_operator(), request_id=f"vaultctl-{uuid.uuid4()}", now=now)
+                reset = checkpointer.accept_restore(operator(), request_id=f"vaultctl-{uuid.uuid4()}", now=now)
                 note = reset.checkpoint.note
                 typer.echo(f"resolved: {readiness.reason}; old checkpoint kept as {reset.kept_as or 'nothing (it was missing)'}", err=True)
             else:
@@ -133,16 +129,6 @@ def audit_verify(
 
 def _checkpointer(rt: Runtime) -> Checkpointer:
     return make_checkpointer(rt.settings, rt.data_engine, rt.signing)
-
-
-def _operator() -> Actor:
-    """The person at the terminal, as a vault_admin actor: their login name, else their uid."""
-    try:
-        name = getpass.getuser()
-    except (OSError, KeyError):
-        name = ""
-    subject = f"os-user:{name}" if _OPERATOR.fullmatch(name) else f"os-uid:{os.getuid()}"
-    return Actor(subject=subject, roles=("vault_admin",), client_id="vaultctl", acting_staff=None)
 
 
 def _write_export(out: Path, lines: Iterator[str], total: int) -> None:

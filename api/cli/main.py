@@ -23,7 +23,10 @@ from api.cli._common import progress as _progress
 from api.cli._common import runtime as _runtime
 from api.cli._common import settings as _settings
 from api.cli.audit import audit_app
+from api.cli.clients import clients_app
 from api.cli.demo_tokens import write_demo_tokens
+from api.cli.policy import policy_app
+from api.cli.tokens import revoke_token_command, token_command
 from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
@@ -37,6 +40,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Key management.")
 app.add_typer(demo_app, name="demo")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(clients_app, name="clients")
+app.add_typer(policy_app, name="policy")
 
 
 log = structlog.get_logger("vaultctl")
@@ -141,6 +146,10 @@ def serve(
 ) -> None:
     """Serve the HTTP API with uvicorn (access log without query strings)."""
     uvicorn.run("api.app:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False, server_header=False)
+
+
+app.command("token")(token_command)
+app.command("revoke-token")(revoke_token_command)
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from api.routers import health, members
+from api.routers import audit, break_glass, health, keys, ledger, members, oauth, policies, treatments
 
-ALL: tuple[ModuleType, ...] = (health, members)
+ALL: tuple[ModuleType, ...] = (health, members, oauth, audit, keys, policies, treatments, ledger, break_glass)
 
 __all__ = ["ALL"]

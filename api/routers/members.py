@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from api import problems as p
 from api.decisions import member_access, operation_access
-from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, validate_body
+from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse
 from api.responses import json_response, refuse
 from api.schemas.members import (
@@ -23,12 +23,11 @@ from api.schemas.members import (
     MemberResource,
     SearchRequest,
     SearchResults,
-    flatten,
-    member_categories_in,
+    parse_term,
 )
 from vault.access import Refusal
 from vault.break_glass import queue_review
-from vault.members.gate import SearchScope
+from vault.members.gate import MemberBody, SearchScope
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 MemberIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque member id")]
@@ -62,10 +61,9 @@ def create_member(
         membership = raw.value.get("membership") if isinstance(raw.value, dict) else None
         home = membership.get("home_clinic_id") if isinstance(membership, dict) else None
         domain = "clinic" if caller.is_staff and (caller.all_clinics or home in caller.clinics) else "none"
-        categories = member_categories_in(raw.keys())
-        decision = member_access(services, conn, caller, purpose, "", action="write", categories=categories, request_id=request_id, now=now, domain=domain)
-        values = flatten(validate_body(MemberCreate, raw.raw)) if decision.access.writable else {}
-        result = services.members.create(conn, decision.access, values)
+        body = MemberBody.parse(raw.value)
+        decision = member_access(services, conn, caller, purpose, "", action="write", categories=body.categories, request_id=request_id, now=now, domain=domain)
+        result = services.members.create(conn, decision.access, body)
         if isinstance(result, Refusal):
             stored = None
         else:
@@ -112,10 +110,9 @@ def patch_member(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
     with services.unit() as conn:
-        categories = member_categories_in(raw.keys())
-        decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=categories, request_id=request_id, now=now)
-        changes = flatten(validate_body(MemberPatch, raw.raw)) if decision.access.writable else {}
-        result = services.members.update(conn, decision.access, member_id, changes)
+        body = MemberBody.parse(raw.value)
+        decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=body.categories, request_id=request_id, now=now)
+        result = services.members.update(conn, decision.access, member_id, body)
     if isinstance(result, Refusal):
         refuse(result, decision.access)
     return json_response({"member_id": member_id, "changed": sorted(result)})
@@ -129,7 +126,7 @@ def patch_member(
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}},
 )
 def search_members(caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
-    name, value = validate_body(SearchRequest, raw.raw).term()
+    term = parse_term(raw.raw)
     if caller.own_member_id is not None:
         scope = SearchScope(member_id=caller.own_member_id, clinics=frozenset())
     else:
@@ -137,7 +134,7 @@ def search_members(caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, ser
     with services.unit() as conn:
         domain = "self" if caller.own_member_id is not None else "none"
         access, allowed = operation_access(services, conn, caller, "member:lookup", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)
-        found = services.members.search(conn, access, allowed=allowed, field_name=name, value=value, scope=scope)
+        found = services.members.search(conn, access, allowed=allowed, term=term, scope=scope)
     if isinstance(found, Refusal):
         refuse(found, access)
     return json_response({"results": [{"member_id": m} for m in found]})
@@ -153,13 +150,15 @@ def search_members(caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, ser
 def check_in(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
-    body = validate_body(CheckIn, raw.raw)
+    body = parse_model(CheckIn, raw.raw)
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "member:clinics", "write", request_id=request_id, now=now, purpose=purpose, domain="none")
-        allowed = allowed and (caller.all_clinics or body.clinic_id in caller.clinics)
-        linked = services.members.check_in(conn, access, allowed=allowed, member_id=member_id, clinic_id=body.clinic_id, card_no=body.card_no)
+        in_clinic = body is None or caller.all_clinics or body.clinic_id in caller.clinics
+        proof = None if body is None else (body.clinic_id, body.card_no)
+        linked = services.members.check_in(conn, access, allowed=allowed and in_clinic, member_id=member_id, proof=proof)
     if isinstance(linked, Refusal):
         refuse(linked, access)
+    assert body is not None  # noqa: S101 - an invalid body is a Refusal above
     return json_response({"member_id": member_id, "clinic_id": body.clinic_id, "linked": linked})
 
 

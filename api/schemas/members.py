@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from api.schemas.fields import Mode, category_model
 from vault import data_map as dm
@@ -74,24 +74,17 @@ class CheckInResult(BaseModel):
     linked: bool
 
 
-def member_categories_in(keys: dict[str, frozenset[str]]) -> frozenset[dm.Category]:
-    """The member categories a body writes, from its shape alone (unknown keys are left to validation)."""
-    return frozenset(c for c in MEMBER_CATEGORIES if keys.get(c.value))
-
-
 class MemberChanged(BaseModel):
     member_id: MemberId
     changed: list[str]
 
 
-def flatten(body: BaseModel) -> dict[str, object]:
-    """``{category: {field: value}}`` as given → ``{field: value}`` (JSON-mode values; explicit nulls kept)."""
-    out: dict[str, object] = {}
-    for category in body.model_fields_set:
-        group = getattr(body, category)
-        if isinstance(group, BaseModel):
-            out.update(group.model_dump(mode="json", exclude_unset=True))
-    return out
+def parse_term(raw: bytes) -> tuple[str, str] | None:
+    """The one search field and its value, or None when the body is not a valid search (refused after the decision)."""
+    try:
+        return SearchRequest.model_validate_json(raw, strict=True).term()
+    except ValidationError:
+        return None
 
 
 __all__ = [
@@ -105,6 +98,5 @@ __all__ = [
     "MemberResource",
     "SearchRequest",
     "SearchResults",
-    "flatten",
-    "member_categories_in",
+    "parse_term",
 ]

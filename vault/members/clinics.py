@@ -28,8 +28,10 @@ class LinkVia(StrEnum):
 
 def link(conn: Connection, member_id: str, clinic_id: str, via: LinkVia, now: datetime) -> bool:
     """Link ``member_id`` to ``clinic_id``; False if it already was (the first link's ``via`` stays)."""
-    result = conn.execute(insert_ignore(conn, member_clinics).values(member_id=member_id, clinic_id=clinic_id, via=via.value, linked_at=now))
-    return bool(result.rowcount)
+    statement = insert_ignore(conn, member_clinics).values(member_id=member_id, clinic_id=clinic_id, via=via.value, linked_at=now)
+    # psycopg reports -1 for an INSERT's rowcount unless SQLAlchemy is asked to keep it.
+    result = conn.execute(statement, execution_options={"preserve_rowcount": True})
+    return result.rowcount == 1
 
 
 def is_linked(conn: Connection, member_id: str, clinic_ids: Collection[str]) -> bool:

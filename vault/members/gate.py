@@ -18,6 +18,7 @@ reads or writes only the categories the decision names and journals an
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,59 @@ def written_categories(values: Mapping[str, object]) -> frozenset[dm.Category]:
     return frozenset(_FIELDS[name].category for name in values if name in _FIELDS)
 
 
+_CATEGORIES = {c.value: c for c in dm.categories_of(dm.Table.members)}
+_SAFE_NAME = re.compile(r"[a-z_]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberBody:
+    """A member write as sent — ``{category: {field: value}}`` — before validation.
+
+    ``categories`` and ``values`` are what the decision and the event need;
+    ``problems`` are shape errors (an unknown top-level key such as
+    ``member_id`` or ``redacted``, a category that is not an object, a field
+    filed under another category), raised as a ``ValidationError`` inside the
+    gated operation so the request's event still records the decision. Names
+    the caller made up are reported as ``(unknown)`` unless they look like
+    field names, never echoed if they could be values.
+    """
+
+    categories: frozenset[dm.Category]
+    values: dict[str, object]
+    problems: dict[str, str]
+
+    @classmethod
+    def parse(cls, document: object) -> MemberBody:
+        if not isinstance(document, dict):
+            return cls(frozenset(), {}, {"body": "not_an_object"})
+        categories: set[dm.Category] = set()
+        values: dict[str, object] = {}
+        problems: dict[str, str] = {}
+        for key, group in document.items():
+            category = _CATEGORIES.get(key)
+            if category is None:
+                problems[_shown(key)] = "unknown_field"
+            elif not isinstance(group, dict):
+                problems[key] = "not_an_object"
+            else:
+                categories.add(category)
+                for name, value in group.items():
+                    f = _FIELDS.get(name)
+                    if f is not None and f.category is not category:
+                        problems[f"{key}.{name}"] = "wrong_category"
+                    values[name] = value
+        return cls(frozenset(categories), values, problems)
+
+    def valid_values(self) -> dict[str, object]:
+        if self.problems:
+            raise ValidationError(self.problems)
+        return self.values
+
+
+def _shown(name: str) -> str:
+    return name if _SAFE_NAME.fullmatch(name) else "(unknown)"
+
+
 class MemberGate:
     def __init__(self, repo: MemberRepository, gatekeeper: Gatekeeper) -> None:
         self._repo = repo
@@ -56,32 +110,48 @@ class MemberGate:
         target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
         return self._gk.perform(conn, access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable))
 
-    def create(self, conn: Connection, access: Access, values: Mapping[str, object]) -> MemberId | Refusal:
+    def create(self, conn: Connection, access: Access, body: MemberBody) -> MemberId | Refusal:
         member_id = MemberId(new_id())
-        allowed = _may_write(access, values)
-        target = Target("create", RESOURCE, member_id, member_id, _field_names(values))
-        return self._gk.perform(conn, access, target, allowed, lambda: self._repo.create(conn, values, member_id=member_id))
+        allowed = _may_write(access, body)
+        target = Target("create", RESOURCE, member_id, member_id, _field_names(body.values))
+        return self._gk.perform(conn, access, target, allowed, lambda: self._repo.create(conn, body.valid_values(), member_id=member_id))
 
-    def update(self, conn: Connection, access: Access, member_id: str, changes: Mapping[str, object]) -> list[str] | Refusal:
-        allowed = _may_write(access, changes)
-        target = Target("update", RESOURCE, member_id, member_id, _field_names(changes))
-        return self._gk.perform(conn, access, target, allowed, lambda: self._repo.update(conn, member_id, changes))
+    def update(self, conn: Connection, access: Access, member_id: str, body: MemberBody) -> list[str] | Refusal:
+        allowed = _may_write(access, body)
+        target = Target("update", RESOURCE, member_id, member_id, _field_names(body.values))
+        return self._gk.perform(conn, access, target, allowed, lambda: self._repo.update(conn, member_id, body.valid_values()))
 
-    def search(self, conn: Connection, access: Access, *, allowed: bool, field_name: str, value: str, scope: SearchScope) -> list[MemberId] | Refusal:
-        target = Target("search", RESOURCE, None, None, (field_name,) if field_name in _FIELDS else ())
-        return self._gk.perform(conn, access, target, allowed, lambda: _within(conn, scope, self._repo.search(conn, field_name, value)))
+    def search(self, conn: Connection, access: Access, *, allowed: bool, term: tuple[str, str] | None, scope: SearchScope) -> list[MemberId] | Refusal:
+        """``term`` is (field, value), or None for a body that names no single searchable field (refused as invalid)."""
+        target = Target("search", RESOURCE, None, None, (term[0],) if term and term[0] in _FIELDS else ())
 
-    def check_in(self, conn: Connection, access: Access, *, allowed: bool, member_id: str, clinic_id: str, card_no: str) -> bool | Refusal:
-        """Link the member to ``clinic_id``; True if the link is new."""
-        if allowed and member_id not in self._repo.search(conn, "card_no", card_no):
+        def run() -> list[MemberId]:
+            if term is None:
+                raise ValidationError({"body": "one_search_field"})
+            return _within(conn, scope, self._repo.search(conn, *term))
+
+        return self._gk.perform(conn, access, target, allowed, run)
+
+    def check_in(self, conn: Connection, access: Access, *, allowed: bool, member_id: str, proof: tuple[str, str] | None) -> bool | Refusal:
+        """Link the member to a clinic given ``proof`` = (clinic id, card number); True if the link is new.
+
+        ``proof`` None is an invalid body, refused after the decision.
+        """
+        if allowed and proof is not None and member_id not in self._repo.search(conn, "card_no", proof[1]):
             access, allowed = dataclasses.replace(access, reason="card_mismatch"), False
         target = Target("check_in", RESOURCE, member_id, member_id, ("card_no",))
-        return self._gk.perform(conn, access, target, allowed, lambda: link(conn, member_id, clinic_id, LinkVia.check_in, access.now))
+
+        def run() -> bool:
+            if proof is None:
+                raise ValidationError({"body": "clinic_id_and_card_no"})
+            return link(conn, member_id, proof[0], LinkVia.check_in, access.now)
+
+        return self._gk.perform(conn, access, target, allowed, run)
 
 
-def _may_write(access: Access, values: Mapping[str, object]) -> bool:
-    categories = written_categories(values)
-    return bool(values) and bool(categories) and categories <= access.writable
+def _may_write(access: Access, body: MemberBody) -> bool:
+    """Every category the body writes must be writable (a body with only unknown keys decides nothing: denied)."""
+    return bool(body.categories) and body.categories <= access.writable
 
 
 def _field_names(values: Collection[str]) -> tuple[str, ...]:
@@ -97,11 +167,4 @@ def _within(conn: Connection, scope: SearchScope, found: list[MemberId]) -> list
     return [m for m in found if m in linked]
 
 
-def require_fields(values: Mapping[str, object]) -> None:
-    """Refuse unknown field names before any decision is asked for them."""
-    unknown = {name: "unknown_field" for name in values if name not in _FIELDS}
-    if unknown:
-        raise ValidationError(unknown)
-
-
-__all__ = ["MemberGate", "SearchScope", "require_fields", "written_categories"]
+__all__ = ["MemberBody", "MemberGate", "SearchScope", "written_categories"]

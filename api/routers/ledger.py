@@ -1,0 +1,96 @@
+"""The card ledger: append an entry, list a member's entries by ``seq`` (decision object ``member:financial``).
+
+A spend, refund or redemption beyond the balance is a 409 and writes
+nothing. A created entry is answered with ids only (``entry_id``, ``seq``):
+that is also all an ``Idempotency-Key`` keeps.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from api import problems as p
+from api.decisions import member_access
+from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
+from api.idempotency import StoredResponse
+from api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
+from api.responses import json_response, refuse
+from api.routers.members import MemberIdPath
+from api.schemas.ledger import SEQ_PATTERN, LedgerEntryCreate, LedgerEntryCreated, LedgerEntryResource, LedgerPage
+from vault import data_map as dm
+from vault.access import Refusal
+from vault.ledger import LedgerEntry
+
+router = APIRouter(tags=["ledger"])
+FINANCIAL = (dm.Category.financial,)
+_READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
+_WRITE_ERRORS = p.openapi_responses(
+    p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
+)
+
+
+@router.post(
+    "/v1/members/{member_id}/ledger",
+    status_code=201,
+    summary="Append a card ledger entry (a spend beyond the balance is 409)",
+    response_model=None,
+    responses={201: {"model": LedgerEntryCreated}, **_WRITE_ERRORS},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LedgerEntryCreate"}}}}},
+)
+def append_entry(
+    member_id: MemberIdPath,
+    caller: CallerDep,
+    purpose: PurposeDep,
+    raw: JsonBodyDep,
+    services: ServicesDep,
+    request_id: RequestIdDep,
+    now: NowDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> Response:
+    digest = services.idempotency.digest("POST", f"/v1/members/{member_id}/ledger", raw.raw)
+    with services.unit() as conn:
+        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
+            return json_response(stored.body, status_code=stored.status_code)
+        decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=FINANCIAL, request_id=request_id, now=now)
+        entry = services.ledger.append(conn, decision.access, member_id, raw.value if isinstance(raw.value, dict) else {})
+        if not isinstance(entry, Refusal) and idempotency_key is not None:
+            services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, _created(entry)), now=now)
+    if isinstance(entry, Refusal):
+        refuse(entry, decision.access)
+    return json_response(_created(entry), status_code=201)
+
+
+@router.get(
+    "/v1/members/{member_id}/ledger",
+    summary="A member's ledger entries in order, paged",
+    response_model=None,
+    responses={200: {"model": LedgerPage}, **_READ_ERRORS},
+)
+def list_entries(
+    member_id: MemberIdPath,
+    caller: CallerDep,
+    purpose: PurposeDep,
+    services: ServicesDep,
+    request_id: RequestIdDep,
+    now: NowDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+) -> Response:
+    after = decode_cursor(cursor, SEQ_PATTERN)
+    with services.unit() as conn:
+        decision = member_access(services, conn, caller, purpose, member_id, action="read", categories=FINANCIAL, request_id=request_id, now=now)
+        page = services.ledger.page(conn, decision.access, member_id, after_seq=int(after or 0), limit=capped(limit))
+    if isinstance(page, Refusal):
+        refuse(page, decision.access)
+    items: list[object] = [{"entry_id": e.entry_id, "seq": e.seq, **e.values} for e in page.items]
+    return json_response({"items": items, "next_cursor": encode_cursor(str(page.items[-1].seq)) if page.more else None})
+
+
+def _created(entry: LedgerEntry) -> dict[str, object]:
+    return {"entry_id": entry.entry_id, "seq": entry.seq}
+
+
+SCHEMAS = (LedgerEntryCreate, LedgerEntryCreated, LedgerEntryResource, LedgerPage)
+
+__all__ = ["SCHEMAS", "router"]
