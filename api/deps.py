@@ -131,6 +131,14 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(p if isinstance(p, str) and _NAME.fullmatch(p) else "*" for p in loc) or "body"
 
 
+async def _no_query(_caller: CallerDep, request: Request) -> None:
+    if request.url.query:
+        raise ProblemError(BAD_REQUEST, "this route takes no query string: personal values never travel in URLs")
+
+
+NoQueryDep = Annotated[None, Depends(_no_query)]
+
+
 def parse_model(model: type[_Model], raw: bytes) -> _Model | None:
     """Typed validation that does not answer by itself: None when invalid, for a gate to refuse after the decision."""
     try:
@@ -148,6 +156,7 @@ __all__ = [
     "IdempotencyKeyDep",
     "JsonBody",
     "JsonBodyDep",
+    "NoQueryDep",
     "NowDep",
     "PurposeDep",
     "RequestIdDep",

@@ -54,7 +54,7 @@ class Ledger:
         self._keys = keys
         self._now = now
 
-    def append(self, conn: Connection, member_id: str, values: Mapping[str, object]) -> LedgerEntry:
+    def append(self, conn: Connection, member_id: str, values: Mapping[str, object], *, entry_id: EntryId | None = None) -> LedgerEntry:
         given = {k: v for k, v in values.items() if k not in ("balance_after", "points_balance_after")}
         if len(given) != len(values):
             raise ValidationError({"balance_after": "read_only"})
@@ -73,7 +73,7 @@ class Ledger:
         new_points = before.points + _POINTS.get(kind, 0) * points
         if new_amount < 0 or new_points < 0:
             raise ConflictError("the card balance does not cover this entry")
-        entry_id = EntryId(new_id())
+        entry_id = EntryId(new_id()) if entry_id is None else entry_id
         clean |= {"points": points, "balance_after": new_amount, "points_balance_after": new_points}
         row = to_columns(cipher, _FIELDS, entry_id, clean)
         seq = before.seq + 1

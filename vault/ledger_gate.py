@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from vault import data_map as dm
 from vault.access import Access, Gatekeeper, Refusal, Target, category_names
 from vault.errors import NotFoundError, ValidationError
+from vault.ids import EntryId, new_id
 from vault.ledger import Ledger, LedgerEntry
 from vault.members import MemberRepository
 
@@ -49,7 +50,8 @@ class LedgerGate:
 
     def append(self, conn: Connection, access: Access, member_id: str, values: Mapping[str, object]) -> LedgerEntry | Refusal:
         allowed = dm.Category.financial in access.writable
-        target = Target("create", RESOURCE, None, member_id, tuple(sorted(n for n in values if n in _FIELDS)))
+        entry_id = EntryId(new_id())
+        target = Target("create", RESOURCE, entry_id, member_id, tuple(sorted(n for n in values if n in _FIELDS)))
 
         def append() -> LedgerEntry:
             if not self._members.exists(conn, member_id):
@@ -57,7 +59,7 @@ class LedgerGate:
             read_only = {name: "read_only" for name in LEDGER_SET if name in values}
             if read_only:
                 raise ValidationError(read_only)
-            return self._ledger.append(conn, member_id, values)
+            return self._ledger.append(conn, member_id, values, entry_id=entry_id)
 
         return self._gk.perform(conn, access, target, allowed, append)
 

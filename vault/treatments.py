@@ -49,7 +49,7 @@ class TreatmentRepository:
         self._keys = keys
         self._now = now
 
-    def add(self, conn: Connection, member_id: str, values: Mapping[str, object]) -> TreatmentId:
+    def add(self, conn: Connection, member_id: str, values: Mapping[str, object], *, treatment_id: TreatmentId | None = None) -> TreatmentId:
         if not self._is_live(conn, member_id):
             raise NotFoundError(f"no member {member_id}")
         clean = validate_values(dm.Table.treatments, values, partial=False)
@@ -58,7 +58,7 @@ class TreatmentRepository:
             raise TypeError("validated performed_at is a datetime")
         year = retention_year(performed_at)
         cipher = self._keys.get_or_create(member_id, retention_scope(year))
-        treatment_id = TreatmentId(new_id())
+        treatment_id = TreatmentId(new_id()) if treatment_id is None else treatment_id
         row = to_columns(cipher, _FIELDS, treatment_id, clean)
         now = self._now()
         conn.execute(insert(treatments).values(treatment_id=treatment_id, member_id=member_id, retention_year=year, created_at=now, **row))

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select
 from vault import data_map as dm
 from vault.access import Access, Gatekeeper, Refusal, Target, category_names
 from vault.errors import NotFoundError
-from vault.ids import TreatmentId
+from vault.ids import TreatmentId, new_id
 from vault.members import MemberRepository
 from vault.storage.schema import treatments
 from vault.treatments import Treatment, TreatmentRepository
@@ -54,12 +54,13 @@ class TreatmentGate:
 
     def add(self, conn: Connection, access: Access, member_id: str, values: Mapping[str, object]) -> TreatmentId | Refusal:
         allowed = dm.Category.treatment in access.writable
-        target = Target("create", RESOURCE, None, member_id, tuple(sorted(n for n in values if n in _FIELDS)))
+        treatment_id = TreatmentId(new_id())
+        target = Target("create", RESOURCE, treatment_id, member_id, tuple(sorted(n for n in values if n in _FIELDS)))
 
         def add() -> TreatmentId:
             if not self._members.exists(conn, member_id):
                 raise NotFoundError(f"no member {member_id}")
-            return self._repo.add(conn, member_id, values)
+            return self._repo.add(conn, member_id, values, treatment_id=treatment_id)
 
         return self._gk.perform(conn, access, target, allowed, add)
 

@@ -334,6 +334,11 @@ def _check_document(
         problems[f.name] = "birth_date_mismatch"
 
 
+def shown_name(name: object) -> str:
+    """A caller's key as an error may name it: only if shaped like a field name (a made-up key could be a value)."""
+    return name if isinstance(name, str) and _FIELD_NAME.fullmatch(name) else "<invalid name>"
+
+
 def validate_values(
     table: Table,
     values: Mapping[str, object],
@@ -357,9 +362,8 @@ def validate_values(
     out: dict[str, object] = {}
     for name, raw in values.items():
         f = fields.get(name) if isinstance(name, str) else None
-        if f is None:  # a name not shaped like a field name is not echoed
-            safe = isinstance(name, str) and _FIELD_NAME.fullmatch(name)
-            problems[name if safe else "<invalid name>"] = "unknown_field"
+        if f is None:
+            problems[shown_name(name)] = "unknown_field"
         elif raw is not None and f.kind is Kind.document_number:
             continue  # checked below, against id_type and date_of_birth
         else:

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from api import problems as p
 from api.decisions import member_access, operation_access
-from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
+from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse
 from api.responses import json_response, refuse
 from api.schemas.members import (
@@ -31,6 +32,21 @@ from vault.members.gate import MemberBody, SearchScope
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 MemberIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque member id")]
+
+
+class _MemberIdConvertor(Convertor[str]):
+    """Only a member id matches ``{member_id:member_id}``: ``GET /v1/members/search`` is then 405, not a bad id."""
+
+    regex = "[0-9a-f]{32}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("member_id", _MemberIdConvertor())
 _READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
 _WRITE_ERRORS = p.openapi_responses(
     p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
@@ -80,7 +96,9 @@ def _created(stored: StoredResponse) -> Response:
     return json_response(stored.body, status_code=stored.status_code, headers={"Location": f"/v1/members/{member_id}"})
 
 
-@router.get("/{member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **_READ_ERRORS})
+@router.get(
+    "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **_READ_ERRORS}
+)
 def read_member(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, break_glass: BreakGlassDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
@@ -100,7 +118,7 @@ def read_member(
 
 
 @router.patch(
-    "/{member_id}",
+    "/{member_id:member_id}",
     summary="Rectify some fields (RFC 7396 merge patch); previous values stay in the member's history",
     response_model=None,
     responses={200: {"model": MemberChanged}, **_WRITE_ERRORS},
@@ -125,7 +143,9 @@ def patch_member(
     responses={200: {"model": SearchResults}, **_WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}},
 )
-def search_members(caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
+def search_members(
+    caller: CallerDep, _no_query: NoQueryDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
+) -> Response:
     term = parse_term(raw.raw)
     if caller.own_member_id is not None:
         scope = SearchScope(member_id=caller.own_member_id, clinics=frozenset())

@@ -115,6 +115,7 @@ def test_every_allowed_key_keeps_a_value_of_its_shape(log_lines: Any) -> None:
         "reason": "not_migrated",
         "method": "get",
         "path": "/v1/members",
+        "client_id": "svc.loyalty",
         "count": 0,
         "done": 10,
         "total": 20,

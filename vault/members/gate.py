@@ -18,7 +18,6 @@ reads or writes only the categories the decision names and journals an
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from vault.errors import ValidationError
 from vault.ids import MemberId, new_id
 from vault.members.clinics import LinkVia, link, linked_members
 from vault.members.repository import MemberRepository, MemberView
+from vault.validation import shown_name
 
 _FIELDS = dm.fields_by_name(dm.Table.members)
 RESOURCE = "member"
@@ -49,7 +49,6 @@ def written_categories(values: Mapping[str, object]) -> frozenset[dm.Category]:
 
 
 _CATEGORIES = {c.value: c for c in dm.categories_of(dm.Table.members)}
-_SAFE_NAME = re.compile(r"[a-z_]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +58,10 @@ class MemberBody:
     ``categories`` and ``values`` are what the decision and the event need;
     ``problems`` are shape errors (an unknown top-level key such as
     ``member_id`` or ``redacted``, a category that is not an object, a field
-    filed under another category), raised as a ``ValidationError`` inside the
-    gated operation so the request's event still records the decision. Names
-    the caller made up are reported as ``(unknown)`` unless they look like
-    field names, never echoed if they could be values.
+    filed under another category, an unknown field), raised as a
+    ``ValidationError`` inside the gated operation so the request's event still
+    records the decision. A made-up name is echoed only if shaped like a field
+    name (``shown_name``), never if it could be a value.
     """
 
     categories: frozenset[dm.Category]
@@ -79,26 +78,25 @@ class MemberBody:
         for key, group in document.items():
             category = _CATEGORIES.get(key)
             if category is None:
-                problems[_shown(key)] = "unknown_field"
+                problems[shown_name(key)] = "unknown_field"
             elif not isinstance(group, dict):
                 problems[key] = "not_an_object"
             else:
                 categories.add(category)
                 for name, value in group.items():
                     f = _FIELDS.get(name)
-                    if f is not None and f.category is not category:
+                    if f is None:
+                        problems[shown_name(name)] = "unknown_field"
+                    elif f.category is not category:
                         problems[f"{key}.{name}"] = "wrong_category"
-                    values[name] = value
+                    else:
+                        values[name] = value
         return cls(frozenset(categories), values, problems)
 
     def valid_values(self) -> dict[str, object]:
         if self.problems:
             raise ValidationError(self.problems)
         return self.values
-
-
-def _shown(name: str) -> str:
-    return name if _SAFE_NAME.fullmatch(name) else "(unknown)"
 
 
 class MemberGate:

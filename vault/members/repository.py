@@ -34,7 +34,7 @@ from vault.errors import MemberErasedError, NotFoundError, ValidationError
 from vault.ids import MemberId, new_id
 from vault.members.clinics import LinkVia, link
 from vault.storage.schema import blind_index, field_history, members
-from vault.validation import blind_index_normal_form, validate_values
+from vault.validation import blind_index_normal_form, shown_name, validate_values
 
 BLIND_INDEX_ROOT = "blind-index"
 HISTORY_TABLE = "field_history"
@@ -125,7 +125,7 @@ class MemberRepository:
 
     def update(self, conn: Connection, member_id: str, changes: Mapping[str, object]) -> list[str]:
         """Apply a merge-patch of fields; returns the names of the fields that changed."""
-        unknown = {name: "unknown_field" for name in changes if name not in _BY_NAME}
+        unknown = {shown_name(name): "unknown_field" for name in changes if name not in _BY_NAME}
         if unknown:
             raise ValidationError(unknown)
         touched = {_BY_NAME[name].category for name in changes} | {dm.Category.identity}
