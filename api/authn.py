@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, exists, select
 
 from api.caller import Caller
 from api.problems import UNAUTHORIZED, ProblemError
@@ -39,6 +39,11 @@ from keys.signing import SigningKeys, SigningPurpose
 from vault.storage.schema import clients, revoked_tokens
 
 DEV_ISSUER = "member-vault-dev"
+# (is the jti revoked?, is the client revoked? — NULL when there is no such client)
+_REVOCATION = select(
+    exists().where(revoked_tokens.c.token_id == bindparam("token_id")).label("token_revoked"),
+    select(clients.c.revoked_at.is_not(None)).where(clients.c.client_id == bindparam("client_id")).scalar_subquery().label("client_revoked"),
+)
 REFRESH_SECONDS = 60.0
 MIN_REFRESH_SECONDS = 2.0
 
@@ -107,13 +112,11 @@ class Authenticator:
         return Caller(claims=claims, subject=claims.subject if own else f"{claims.issuer}|{claims.subject}")
 
     def _revoked(self, token_id: str, client_id: str | None) -> bool:
+        """One statement: is the jti revoked, and is the vault client (if any) unknown or revoked?"""
         with self._engine.connect() as conn:
-            if conn.execute(select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == token_id)).first() is not None:
-                return True
-            if client_id is None:
-                return False
-            row = conn.execute(select(clients.c.revoked_at).where(clients.c.client_id == client_id)).first()
-            return row is None or row.revoked_at is not None
+            token_revoked, client_revoked = conn.execute(_REVOCATION, {"token_id": token_id, "client_id": client_id}).one()
+        unknown_or_revoked_client = client_id is not None and (client_revoked is None or bool(client_revoked))
+        return bool(token_revoked) or unknown_or_revoked_client
 
     def _refuse(self, reason: str) -> NoReturn:
         self.refusals[reason] += 1

@@ -42,7 +42,7 @@ from vault.storage.engine import write_transaction
 from vault.treatments_gate import TreatmentGate
 
 log = structlog.get_logger("api.services")
-PUMP_INTERVAL_SECONDS = 0.25
+PUMP_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -67,6 +67,20 @@ class Services:
         except SQLAlchemyError as exc:
             raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
 
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only request's connection, in autobegin mode: reads take no write lock (SQLite).
+
+        Its gate ends the read transaction and commits the request's event in a
+        short write transaction before any data is returned
+        (``Gatekeeper.perform_read``); anything left open is rolled back.
+        """
+        try:
+            with self.runtime.data_engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
+
     def close(self) -> None:
         self.runtime.close()
 
@@ -75,7 +89,7 @@ def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
         gatekeeper = Gatekeeper(AuditJournal())
-        return Services(
+        services = Services(
             settings=settings,
             runtime=runtime,
             gatekeeper=gatekeeper,
@@ -87,9 +101,12 @@ def build(settings: Settings) -> Services:
             consent=NoConsentRecords(),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
+        with write_transaction(runtime.data_engine) as conn:
+            services.policies.active(conn)  # the first process stores policy version 1; reads never write it
     except Exception:
         runtime.close()
         raise
+    return services
 
 
 class ServiceHolder:

@@ -20,6 +20,13 @@ transaction:
   propagates, and the caller's transaction rolls back: no data is returned
   and no write commits without its event (fail closed).
 
+``perform_read`` is the same for operations that only read. The caller's
+connection is in autobegin mode with nothing written: the operation reads in
+a deferred transaction (on SQLite, no write lock held), which then ends, and
+the event is committed in a short write transaction on the same connection —
+the fail-closed point — before the result leaves the gate. ``then`` runs in
+that write transaction after an ``ok`` read (a break-glass review row).
+
 Events carry ids, field and category names and codes, never values.
 """
 
@@ -37,6 +44,7 @@ from audit.event import Actor, AuditEvent, Decision, event_time
 from audit.store import AuditJournal
 from vault import data_map as dm
 from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError, VaultError
+from vault.storage.engine import SQLITE_IMMEDIATE
 
 _T = TypeVar("_T")
 
@@ -114,6 +122,36 @@ class Gatekeeper:
             return Refusal(outcome, exc)
         self.record(conn, access, target, Decision.ALLOW, Outcome.ok)
         return result
+
+    def perform_read(
+        self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T], *, then: Callable[[Connection], None] | None = None
+    ) -> _T | Refusal:
+        if not allowed:
+            self._commit(conn, access, target, Decision.DENY, Outcome.denied, then=None)
+            return Refusal(Outcome.denied)
+        try:
+            result = operation()
+        except VaultError as exc:
+            outcome = next((o for kind, o in _OUTCOMES if isinstance(exc, kind)), None)
+            if outcome is None:
+                raise
+            self._commit(conn, access, target, Decision.ALLOW, outcome, then=None)
+            return Refusal(outcome, exc)
+        self._commit(conn, access, target, Decision.ALLOW, Outcome.ok, then=then)
+        return result
+
+    def _commit(
+        self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome, *, then: Callable[[Connection], None] | None
+    ) -> None:
+        conn.rollback()  # the read snapshot ends (nothing was written in it)
+        conn.execution_options(**{SQLITE_IMMEDIATE: True})
+        try:
+            with conn.begin():
+                self.record(conn, access, target, decision, outcome)
+                if then is not None:
+                    then(conn)
+        finally:
+            conn.execution_options(**{SQLITE_IMMEDIATE: False})
 
     def record(self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome) -> None:
         """Journal the one event of a decision (also used by the edge for decisions that reach no record)."""

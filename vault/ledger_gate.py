@@ -71,7 +71,7 @@ class LedgerGate:
             later = [e for e in self._ledger.entries(conn, member_id) if e.seq > after_seq]
             return LedgerPage(later[:limit], len(later) > limit)
 
-        return self._gk.perform(conn, access, target, allowed, page)
+        return self._gk.perform_read(conn, access, target, allowed, page)
 
 
 __all__ = ["LEDGER_SET", "RESOURCE", "LedgerGate", "LedgerPage"]

@@ -17,7 +17,7 @@ Routes reach treatments only through ``TreatmentGate``; every method but
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
@@ -64,7 +64,9 @@ class TreatmentGate:
 
         return self._gk.perform(conn, access, target, allowed, add)
 
-    def page(self, conn: Connection, access: Access, member_id: str, *, after: str | None, limit: int) -> TreatmentPage | Refusal:
+    def page(
+        self, conn: Connection, access: Access, member_id: str, *, after: str | None, limit: int, then: Callable[[Connection], None] | None = None
+    ) -> TreatmentPage | Refusal:
         """Treatments after the one ``after`` names (none when it is not one of this member's), at most ``limit``."""
         allowed = dm.Category.treatment in access.readable
         target = Target("list", RESOURCE, None, member_id, category_names(access.readable))
@@ -74,7 +76,7 @@ class TreatmentGate:
             start = 0 if after is None else next((i + 1 for i, t in enumerate(every) if t.treatment_id == after), len(every))
             return TreatmentPage(every[start : start + limit], start + limit < len(every))
 
-        return self._gk.perform(conn, access, target, allowed, page)
+        return self._gk.perform_read(conn, access, target, allowed, page, then=then)
 
     def read(self, conn: Connection, access: Access, treatment_id: str, member_id: str | None) -> Treatment | Refusal:
         allowed = dm.Category.treatment in access.readable
@@ -86,7 +88,7 @@ class TreatmentGate:
                 raise NotFoundError(f"no treatment {treatment_id}")
             return found
 
-        return self._gk.perform(conn, access, target, allowed, read)
+        return self._gk.perform_read(conn, access, target, allowed, read)
 
 
 __all__ = ["RESOURCE", "TreatmentGate", "TreatmentPage"]

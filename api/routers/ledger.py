@@ -78,7 +78,7 @@ def list_entries(
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Response:
     after = decode_cursor(cursor, SEQ_PATTERN)
-    with services.unit() as conn:
+    with services.reading() as conn:
         decision = member_access(services, conn, caller, purpose, member_id, action="read", categories=FINANCIAL, request_id=request_id, now=now)
         page = services.ledger.page(conn, decision.access, member_id, after_seq=int(after or 0), limit=capped(limit))
     if isinstance(page, Refusal):

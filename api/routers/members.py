@@ -12,7 +12,7 @@ from api import problems as p
 from api.decisions import member_access, operation_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse
-from api.responses import json_response, refuse
+from api.responses import json_response, refuse, review_queuer
 from api.schemas.members import (
     MEMBER_CATEGORIES,
     CheckIn,
@@ -27,7 +27,6 @@ from api.schemas.members import (
     parse_term,
 )
 from vault.access import Refusal
-from vault.break_glass import queue_review
 from vault.members.gate import MemberBody, SearchScope
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
@@ -102,13 +101,12 @@ def _created(stored: StoredResponse) -> Response:
 def read_member(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, break_glass: BreakGlassDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
-    with services.unit() as conn:
+    with services.reading() as conn:
         decision = member_access(
             services, conn, caller, purpose, member_id, action="read", categories=MEMBER_CATEGORIES, request_id=request_id, now=now, break_glass=break_glass
         )
-        view = services.members.read(conn, decision.access, member_id)
-        if not isinstance(view, Refusal) and decision.break_glass is not None:
-            queue_review(conn, member_id=member_id, subject=caller.subject, reason=decision.break_glass, request_id=request_id, now=now)
+        flag = review_queuer(member_id, caller.subject, decision.break_glass, request_id, now)
+        view = services.members.read(conn, decision.access, member_id, then=flag)
     if isinstance(view, Refusal):
         refuse(view, decision.access)
     body: dict[str, object] = {"member_id": view.member_id}

@@ -23,12 +23,11 @@ from api.decisions import member_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBody, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
 from api.idempotency import StoredResponse
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
-from api.responses import json_response, refuse
+from api.responses import json_response, refuse, review_queuer
 from api.routers.members import MemberIdPath
 from api.schemas.treatments import TreatmentCreate, TreatmentCreated, TreatmentPage, TreatmentResource
 from vault import data_map as dm
 from vault.access import Access, Refusal
-from vault.break_glass import queue_review
 from vault.treatments import Treatment
 
 router = APIRouter(tags=["treatments"])
@@ -91,13 +90,12 @@ def list_treatments(
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> Response:
     after = decode_cursor(cursor, ID_PATTERN)
-    with services.unit() as conn:
+    with services.reading() as conn:
         decision = member_access(
             services, conn, caller, purpose, member_id, action="read", categories=TREATMENT, request_id=request_id, now=now, break_glass=break_glass
         )
-        page = services.treatments.page(conn, decision.access, member_id, after=after, limit=capped(limit))
-        if not isinstance(page, Refusal) and decision.break_glass is not None:
-            queue_review(conn, member_id=member_id, subject=caller.subject, reason=decision.break_glass, request_id=request_id, now=now)
+        flag = review_queuer(member_id, caller.subject, decision.break_glass, request_id, now)
+        page = services.treatments.page(conn, decision.access, member_id, after=after, limit=capped(limit), then=flag)
     if isinstance(page, Refusal):
         refuse(page, decision.access)
     next_cursor = encode_cursor(page.items[-1].treatment_id) if page.more else None
@@ -113,7 +111,7 @@ def list_treatments(
 def read_treatment(
     treatment_id: TreatmentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
-    with services.unit() as conn:
+    with services.reading() as conn:
         owner = services.treatments.owner(conn, treatment_id)
         domain = None if owner is not None else "none"
         decision = member_access(

@@ -18,7 +18,7 @@ reads or writes only the categories the decision names and journals an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -104,9 +104,10 @@ class MemberGate:
         self._repo = repo
         self._gk = gatekeeper
 
-    def read(self, conn: Connection, access: Access, member_id: str) -> MemberView | Refusal:
+    def read(self, conn: Connection, access: Access, member_id: str, *, then: Callable[[Connection], None] | None = None) -> MemberView | Refusal:
+        """Read in the caller's (read) transaction; the event commits on its own first (``Gatekeeper.perform_read``)."""
         target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
-        return self._gk.perform(conn, access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable))
+        return self._gk.perform_read(conn, access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable), then=then)
 
     def create(self, conn: Connection, access: Access, body: MemberBody) -> MemberId | Refusal:
         member_id = MemberId(new_id())

@@ -8,6 +8,12 @@ transaction handling is switched off and SQLAlchemy emits ``BEGIN`` itself, as
 SQLAlchemy documents, so savepoints work; a transaction that will write is
 opened with ``write_transaction`` (``BEGIN IMMEDIATE``).
 
+Writers of one engine take a process-wide lock before ``BEGIN IMMEDIATE``
+and release it when the transaction ends (the DBAPI connection's ``commit``
+or ``rollback``). SQLite's busy handler waits by sleeping in growing steps
+(up to 100 ms) however soon the lock frees; threads queued on a Python lock
+are woken at once. Across processes the busy handler still arbitrates.
+
 PostgreSQL through psycopg 3: ``pool_pre_ping`` and a connect timeout, so a
 database that went away fails fast instead of hanging.
 """
@@ -15,6 +21,7 @@ database that went away fails fast instead of hanging.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,10 +33,47 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_IMMEDIATE = "sqlite_immediate"
 
 
+class _SerializedWriters(sqlite3.Connection):
+    """A pysqlite connection whose write transactions queue on its engine's lock (set on a per-engine subclass)."""
+
+    write_lock: threading.Lock
+    _holding = False
+
+    def begin_immediate(self) -> None:
+        if not self.write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise sqlite3.OperationalError("database is locked")
+        self._holding = True
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self.write_lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        factory = type("_EngineConnection", (_SerializedWriters,), {"write_lock": threading.Lock()})
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "factory": factory}
+        # Many request threads each hold a connection: keep them pooled rather than reconnecting (and re-running the PRAGMAs).
+        engine = create_engine(url, connect_args=connect_args, pool_size=20, max_overflow=40)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -52,8 +96,14 @@ def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) ->
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    immediate = conn.get_execution_options().get(SQLITE_IMMEDIATE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if not conn.get_execution_options().get(SQLITE_IMMEDIATE, False):
+        conn.exec_driver_sql("BEGIN")
+        return
+    raw: object = conn.connection.dbapi_connection
+    if isinstance(raw, _SerializedWriters):
+        raw.begin_immediate()
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager
