@@ -1,16 +1,18 @@
-"""Two uvicorn workers on PostgreSQL: a burst of reads and writes, nothing lost, one audit tree.
+"""Two uvicorn workers on PostgreSQL: a burst of reads and writes, nothing lost, one audit tree, one policy.
 
 ``vaultctl serve --workers 2`` runs in a subprocess against a fresh
-PostgreSQL vault; concurrent clients patch members, create members (with
-Idempotency-Key retries) and read. Afterwards every acknowledged write is
-in the database, every request has exactly one journaled event, the
-sequenced tree has no gap, and the stored log verifies against a checkpoint.
+PostgreSQL vault; concurrent clients patch and read members. Afterwards
+every acknowledged write is in the database, every request has exactly one
+journaled event, the sequenced tree has no gap, and the stored log verifies
+against a checkpoint. Then a policy reload through one worker is obeyed by
+every request after it, whichever worker serves it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from audit import store
 from audit.live_verify import verify_stored
 from audit.sequencer import Sequencer
 from keys.signing import SigningPurpose
+from policies import DEFAULT_DIRECTORY, MODEL_FILENAME, POLICY_FILENAME
 from vault import data_map as dm
 from vault.demo import seed_members
 from vault.storage.schema import members
@@ -49,6 +52,8 @@ def _free_port() -> int:
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(settings.data_dir), "VAULT_DATA_DIR": str(settings.data_dir), "VAULT_LOG_LEVEL": "warning"}
+    if settings.policy_dir is not None:
+        env["VAULT_POLICY_DIR"] = str(settings.policy_dir)
     for name in ("database_url", "migration_database_url", "keystore_url", "keystore_migration_url"):
         value = getattr(settings, name)
         if value is not None:
@@ -63,8 +68,12 @@ class Server:
 
 
 @pytest.fixture
-def served(make_settings: Callable[..., Settings]) -> Iterator[tuple[Server, Settings]]:
-    settings = make_settings()
+def served(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[tuple[Server, Settings]]:
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    for name in (MODEL_FILENAME, POLICY_FILENAME):
+        shutil.copyfile(DEFAULT_DIRECTORY / name, policy_dir / name)
+    settings = make_settings(policy_dir=policy_dir)
     port = _free_port()
     process = subprocess.Popen(
         [str(VAULTCTL), "serve", "--port", str(port), "--workers", "2"],
@@ -146,5 +155,23 @@ def test_two_workers_serve_a_burst_without_losing_a_write_and_keep_one_audit_tre
             assert store.tree_size(conn) == journal_after
             report, _ = verify_stored(conn, checkpointer, datetime.now(UTC))
         assert (report.finding, report.proven_size) == (None, journal_after)
+
+        # A reload through the API: front desk may no longer read contact data. Every later read, on either worker, redacts it.
+        assert "contact" in httpx.get(f"{server.base}/v1/members/{seeded[0]}", headers=auth, timeout=30).json()
+        policy = settings.policy_dir / POLICY_FILENAME  # type: ignore[operator]
+        policy.write_text(policy.read_text().replace("p, front_desk, clinic, member:contact, read, care, allow\n", ""))
+        admin, _ = issue_token(key, issuer=DEV_ISSUER, audience=settings.audience, subject="admin", roles=["vault_admin"], ttl=timedelta(minutes=10), now=now)
+        reload = httpx.post(f"{server.base}/v1/policies/reload", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        assert reload.status_code == 200
+        assert reload.json()["changed"] is True
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda i: httpx.get(f"{server.base}/v1/members/{seeded[i % len(seeded)]}", headers=auth, timeout=30).json(), range(40)))
+        assert all("contact" not in a and a["redacted"] == ["contact", "health"] for a in answers)
+        with rt.data_engine.connect() as conn:
+            hashes = {
+                json.loads(leaf)["policy_hash"]
+                for leaf in conn.scalars(select(store.audit_journal.c.leaf).order_by(store.audit_journal.c.journal_id.desc()).limit(40))
+            }
+        assert hashes == {reload.json()["policy_hash"]}
     finally:
         rt.close()
