@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from api.settings import KeyProviderName, Settings
-from audit.checkpoints import DEFAULT_EVERY_EVENTS, DEFAULT_EVERY_SECONDS, STATE_FILE, Checkpointer
+from audit.checkpoints import STATE_FILE, Checkpointer
 from keys.errors import KeyringError
 from keys.local import LocalKeyring
 from keys.member_keys import MemberKeys
@@ -52,8 +52,8 @@ def make_checkpointer(settings: Settings, data_engine: Engine, signing: SigningK
         signing,
         origin=settings.audit_origin,
         state_file=settings.data_dir / STATE_FILE,
-        every_events=DEFAULT_EVERY_EVENTS,
-        every_seconds=DEFAULT_EVERY_SECONDS,
+        every_events=settings.audit_checkpoint_every_events,
+        every_seconds=settings.audit_checkpoint_every_seconds,
     )
 
 

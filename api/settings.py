@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     key_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
     # The checkpoint origin and verifier key name: a C2SP key name (no space, no "+", no control character).
     audit_origin: str = Field(default="member-vault/audit", min_length=1, max_length=255, pattern=r"^[^\s+\x00-\x1f\x7f]+$")
+    # A checkpoint is signed when this many events or seconds have passed since the last one (whichever comes first).
+    audit_checkpoint_every_events: int = Field(default=1000, ge=1, le=10_000_000)
+    audit_checkpoint_every_seconds: int = Field(default=60, ge=1, le=86_400)
     log_level: str = "info"
     # Where ``POST /v1/policies/reload`` reads model.conf and default.csv (default: the policies package).
     policy_dir: Path | None = None

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.runtime import make_checkpointer, open_runtime
 from api.settings import Settings
+from audit.event import Actor, AuditEvent, Decision
+from audit.sequencer import Sequencer
+from audit.store import AuditJournal
+from vault.storage.engine import write_transaction
 
 
 def _get(settings: Settings, path: str) -> tuple[int, str, dict[str, object]]:
@@ -89,3 +95,37 @@ def test_readyz_is_503_when_the_published_checkpoint_is_not_ours(make_settings: 
     assert status == 503
     assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "not_ready"}
     assert str(body["detail"]).startswith("not ready: audit_checkpoint (")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_audit_pump_signs_checkpoints_at_the_configured_interval(make_settings: Callable[..., Settings]) -> None:
+    """With VAULT_AUDIT_CHECKPOINT_EVERY_EVENTS=3 a checkpoint is due after three events, not after two."""
+    settings = make_settings(audit_checkpoint_every_events=3, audit_checkpoint_every_seconds=86_400)
+    rt = open_runtime(settings)
+    try:
+        checkpointer = make_checkpointer(settings, rt.data_engine, rt.signing)
+        checkpointer.make()
+        event = AuditEvent(
+            time="2026-11-22T10:00:00Z",
+            request_id="r1",
+            actor=Actor("s", ("dpo",), None, None),
+            action="read",
+            resource_type="member",
+            resource_id=None,
+            member_id=None,
+            fields=(),
+            purpose=None,
+            decision=Decision.ALLOW,
+            reason_code="allowed",
+            policy_hash="sha256:0",
+            outcome="ok",
+        )
+        due = []
+        for _ in range(3):
+            with write_transaction(rt.data_engine) as conn:
+                AuditJournal().append(conn, event, now=datetime.now(UTC))
+            Sequencer(rt.data_engine).run_until_idle()
+            due.append(checkpointer.due())
+        assert due == [False, False, True]
+    finally:
+        rt.close()
