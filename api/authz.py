@@ -132,7 +132,7 @@ def relation(conn: Connection, caller: Caller, member_id: str, break_glass: bool
         return "self" if caller.own_member_id == member_id else "none"
     if caller.is_staff and (caller.all_clinics or is_linked(conn, member_id, caller.clinics)):
         return "clinic"
-    return "break_glass" if break_glass else "none"
+    return "break_glass" if break_glass and Role.practitioner in caller.roles else "none"
 
 
 def categories_allowed(

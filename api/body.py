@@ -36,6 +36,8 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > 16:  # beyond 2^53 anyway; and int() refuses numbers of more than 4,300 digits
+        raise BodyError("integer_out_of_range")
     value = int(text)
     if abs(value) > MAX_SAFE_INTEGER:
         raise BodyError("integer_out_of_range")

@@ -1,9 +1,10 @@
 """FastAPI dependencies, as ``Annotated`` aliases that read naturally in a route.
 
-They are ``async``: each is short (a header check, a token verification and
-one indexed lookup), and FastAPI runs a sync dependency in the thread pool —
-one thread hop per dependency per request, which costs more CPU than the
-work itself. The route bodies, which do the database work, stay sync.
+The short ones (headers, body parsing, the clock) are ``async``: FastAPI runs
+a sync dependency in the thread pool, one thread hop each, which costs more
+than their work. The two that touch a database — opening the services and
+the token's revocation check — are sync, so a slow database never blocks
+the event loop (and ``/healthz`` with it).
 
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route
@@ -33,7 +34,7 @@ from vault.purposes import Purpose, statable
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
-async def _services(request: Request) -> Services:
+def _services(request: Request) -> Services:
     holder = request.app.state.services
     return holder.get()  # type: ignore[no-any-return]  # app.state is untyped; holder is a ServiceHolder
 
@@ -41,7 +42,7 @@ async def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-async def _caller(request: Request, services: ServicesDep) -> Caller:
+def _caller(request: Request, services: ServicesDep) -> Caller:
     return services.authenticator.authenticate(request.headers.get("authorization"))
 
 

@@ -56,6 +56,7 @@ class Outcome(StrEnum):
     invalid = "invalid"
     conflict = "conflict"
     integrity_error = "integrity_error"
+    replayed = "replayed"  # an Idempotency-Key retry answered with the first result; nothing written
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,11 @@ class Gatekeeper:
             return Refusal(outcome, exc)
         self.record(conn, access, target, Decision.ALLOW, Outcome.ok)
         return result
+
+    def replay(self, conn: Connection, access: Access, target: Target, allowed: bool) -> bool:
+        """Journal the decision on an ``Idempotency-Key`` retry (allow/replayed or deny); True if it may be answered."""
+        self.record(conn, access, target, Decision.ALLOW if allowed else Decision.DENY, Outcome.replayed if allowed else Outcome.denied)
+        return allowed
 
     def perform_read(
         self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T], *, then: Callable[[Connection], None] | None = None

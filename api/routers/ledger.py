@@ -19,8 +19,9 @@ from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.ledger import SEQ_PATTERN, LedgerEntryCreate, LedgerEntryCreated, LedgerEntryResource, LedgerPage
 from vault import data_map as dm
-from vault.access import Refusal
+from vault.access import Outcome, Refusal, Target
 from vault.ledger import LedgerEntry
+from vault.ledger_gate import RESOURCE
 
 router = APIRouter(tags=["ledger"])
 FINANCIAL = (dm.Category.financial,)
@@ -50,10 +51,14 @@ def append_entry(
 ) -> Response:
     digest = services.idempotency.digest("POST", f"/v1/members/{member_id}/ledger", raw.raw)
     with services.unit() as conn:
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            return json_response(stored.body, status_code=stored.status_code)
         decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=FINANCIAL, request_id=request_id, now=now)
-        entry = services.ledger.append(conn, decision.access, member_id, raw.value if isinstance(raw.value, dict) else {})
+        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
+            target = Target("create", RESOURCE, str(stored.body["entry_id"]), member_id, ())
+            if services.gatekeeper.replay(conn, decision.access, target, allowed=dm.Category.financial in decision.access.writable):
+                return json_response(stored.body, status_code=stored.status_code)
+            entry: LedgerEntry | Refusal = Refusal(Outcome.denied)
+        else:
+            entry = services.ledger.append(conn, decision.access, member_id, raw.value if isinstance(raw.value, dict) else {})
         if not isinstance(entry, Refusal) and idempotency_key is not None:
             services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, _created(entry)), now=now)
     if isinstance(entry, Refusal):

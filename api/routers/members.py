@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -9,6 +10,7 @@ from fastapi.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
 
 from api import problems as p
+from api.caller import Caller
 from api.decisions import member_access, operation_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse
@@ -26,8 +28,10 @@ from api.schemas.members import (
     SearchResults,
     parse_term,
 )
-from vault.access import Refusal
+from vault.access import Access, Outcome, Refusal, Target
+from vault.ids import MemberId
 from vault.members.gate import MemberBody, SearchScope
+from vault.roles import Role
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 MemberIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque member id")]
@@ -71,14 +75,19 @@ def create_member(
 ) -> Response:
     digest = services.idempotency.digest("POST", "/v1/members", raw.raw)
     with services.unit() as conn:
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            return _created(stored)
         membership = raw.value.get("membership") if isinstance(raw.value, dict) else None
         home = membership.get("home_clinic_id") if isinstance(membership, dict) else None
         domain = "clinic" if caller.is_staff and (caller.all_clinics or home in caller.clinics) else "none"
         body = MemberBody.parse(raw.value)
         decision = member_access(services, conn, caller, purpose, "", action="write", categories=body.categories, request_id=request_id, now=now, domain=domain)
-        result = services.members.create(conn, decision.access, body)
+        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
+            first = str(stored.body["member_id"])
+            target = Target("create", "member", first, first, ())
+            if services.gatekeeper.replay(conn, decision.access, target, allowed=bool(body.categories) and body.categories <= decision.access.writable):
+                return _created(stored)
+            result: MemberId | Refusal = Refusal(Outcome.denied)
+        else:
+            result = services.members.create(conn, decision.access, body)
         if isinstance(result, Refusal):
             stored = None
         else:
@@ -128,10 +137,19 @@ def patch_member(
     with services.unit() as conn:
         body = MemberBody.parse(raw.value)
         decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=body.categories, request_id=request_id, now=now)
-        result = services.members.update(conn, decision.access, member_id, body)
+        access = _home_within_callers_clinics(caller, decision.access, body)
+        result = services.members.update(conn, access, member_id, body)
     if isinstance(result, Refusal):
-        refuse(result, decision.access)
+        refuse(result, access)
     return json_response({"member_id": member_id, "changed": sorted(result)})
+
+
+def _home_within_callers_clinics(caller: Caller, access: Access, body: MemberBody) -> Access:
+    """A new home clinic links the member to it: only to one of the caller's own clinics (else check-in is the way)."""
+    home = body.values.get("home_clinic_id")
+    if home is None or caller.all_clinics or home in caller.clinics:
+        return access
+    return dataclasses.replace(access, writable=frozenset(), reason="clinic_outside_caller")
 
 
 @router.post(
@@ -147,8 +165,10 @@ def search_members(
     term = parse_term(raw.raw)
     if caller.own_member_id is not None:
         scope = SearchScope(member_id=caller.own_member_id, clinics=frozenset())
+    elif caller.all_clinics or Role.dpo in caller.roles:
+        scope = SearchScope(clinics=None)
     else:
-        scope = SearchScope(clinics=None if caller.all_clinics or not caller.is_staff else caller.clinics)
+        scope = SearchScope(clinics=caller.clinics if caller.is_staff else frozenset())
     with services.unit() as conn:
         domain = "self" if caller.own_member_id is not None else "none"
         access, allowed = operation_access(services, conn, caller, "member:lookup", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)

@@ -27,8 +27,10 @@ from api.responses import json_response, refuse, review_queuer
 from api.routers.members import MemberIdPath
 from api.schemas.treatments import TreatmentCreate, TreatmentCreated, TreatmentPage, TreatmentResource
 from vault import data_map as dm
-from vault.access import Access, Refusal
+from vault.access import Access, Outcome, Refusal, Target
+from vault.ids import TreatmentId
 from vault.treatments import Treatment
+from vault.treatments_gate import RESOURCE
 
 router = APIRouter(tags=["treatments"])
 TreatmentIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque treatment id")]
@@ -60,11 +62,15 @@ def create_treatment(
 ) -> Response:
     digest = services.idempotency.digest("POST", f"/v1/members/{member_id}/treatments", raw.raw)
     with services.unit() as conn:
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            return _created(stored)
         decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=TREATMENT, request_id=request_id, now=now)
         access = _within_callers_clinics(caller, decision.access, raw)
-        created = services.treatments.add(conn, access, member_id, raw.value if isinstance(raw.value, dict) else {})
+        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
+            target = Target("create", RESOURCE, str(stored.body["treatment_id"]), member_id, ())
+            if services.gatekeeper.replay(conn, access, target, allowed=dm.Category.treatment in access.writable):
+                return _created(stored)
+            created: TreatmentId | Refusal = Refusal(Outcome.denied)
+        else:
+            created = services.treatments.add(conn, access, member_id, raw.value if isinstance(raw.value, dict) else {})
         if not isinstance(created, Refusal) and idempotency_key is not None:
             services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, {"treatment_id": created}), now=now)
     if isinstance(created, Refusal):

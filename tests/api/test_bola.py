@@ -227,3 +227,25 @@ def test_break_glass_by_a_practitioner_outside_their_clinics_is_read_flagged_and
     assert [(row.member_id, row.subject, row.reason_code, row.request_id, row.status) for row in rows] == [
         (member.member_id, "dr-x", "emergency_care", r.headers["x-request-id"], "pending")
     ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_moving_the_home_clinic_outside_the_callers_clinics_is_refused(vault: Vault) -> None:
+    """A new home clinic links the member to it; only a clinic of the caller's may be named (else staff there could read without check-in)."""
+    m = vault.members[0]
+    desk = vault.token("front_desk", clinics=[m.home_clinic_id])
+    headers = {**vault.headers(desk, "care"), "Content-Type": "application/merge-patch+json"}
+    r = vault.client.patch(f"/v1/members/{m.member_id}", headers=headers, content=json.dumps({"membership": {"home_clinic_id": "zz-999"}}))
+    assert r.status_code == 403
+    assert json.loads(vault.journal_events()[-1])["reason_code"] == "clinic_outside_caller"
+    outsider = vault.token("practitioner", clinics=["zz-999"])
+    assert vault.client.get(f"/v1/members/{m.member_id}", headers=vault.headers(outsider, "care")).status_code == 403
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_break_glass_header_from_a_non_practitioner_does_not_open_the_break_glass_domain(vault: Vault) -> None:
+    m = vault.members[0]
+    desk = vault.token("front_desk", clinics=["zz-999"])
+    r = vault.client.get(f"/v1/members/{m.member_id}", headers={**vault.headers(desk, "care"), "X-Break-Glass-Reason": "emergency_care"})
+    assert r.status_code == 403
+    assert json.loads(vault.journal_events()[-1])["reason_code"] != "break_glass:emergency_care"

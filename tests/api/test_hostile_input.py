@@ -130,6 +130,8 @@ def test_an_invalid_field_on_patch_is_refused_and_the_previous_values_stay(vault
     member = vault.members[0]
     previous = everything(vault, member.member_id)
     body = with_change(change)
+    if isinstance(body.get("membership"), dict):
+        body["membership"]["home_clinic_id"] = member.home_clinic_id  # moving the home clinic elsewhere is its own denial
     headers = {**vault.headers(desk(vault, member.home_clinic_id), "care"), "Content-Type": "application/merge-patch+json"}
     journaled = vault.journal_size()
     r = vault.client.patch(f"/v1/members/{member.member_id}", content=json.dumps(body, ensure_ascii=False), headers=headers)

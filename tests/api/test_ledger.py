@@ -128,7 +128,23 @@ def test_a_retry_with_the_same_idempotency_key_writes_once_and_another_body_is_4
     assert (first.status_code, again.status_code, other.status_code) == (201, 201, 409)
     assert again.json() == first.json() == {"entry_id": first.json()["entry_id"], "seq": start.seq + 1}
     assert balance(vault, m.member_id) == Balance(start.amount + 5_000, start.points, start.seq + 1)
-    assert vault.journal_size() == before + 1
+    assert vault.journal_size() == before + 2  # the write, and the retry's decision (outcome replayed)
+    assert json.loads(vault.journal_events()[-1])["outcome"] == "replayed"
+
+
+@SQLITE
+def test_a_retry_is_decided_again_and_a_caller_who_lost_the_right_gets_no_replay(vault: Vault) -> None:
+    m = vault.members[0]
+    url = f"/v1/members/{m.member_id}/ledger"
+    first = vault.client.post(url, json={"entry_type": "top_up", "amount": 700}, headers=front_desk(vault, m.home_clinic_id, **{"Idempotency-Key": "k-1"}))
+    elsewhere = vault.headers(vault.token("front_desk", subject="desk-1", clinics=["zz-999"]), "care", **{"Idempotency-Key": "k-1"})
+
+    again = vault.client.post(url, json={"entry_type": "top_up", "amount": 700}, headers=elsewhere)
+
+    assert (first.status_code, again.status_code) == (201, 403)
+    assert first.json()["entry_id"] not in again.text
+    event = json.loads(vault.journal_events()[-1])
+    assert (event["decision"], event["outcome"]) == ("deny", "denied")
 
 
 @SQLITE
@@ -214,3 +230,14 @@ def test_an_entry_the_ledger_does_not_accept_is_422_and_writes_nothing(vault: Va
 
 def _seq_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(str(seq).encode()).rstrip(b"=").decode()
+
+
+@SQLITE
+def test_an_integer_of_thousands_of_digits_is_a_400_not_a_500(vault: Vault) -> None:
+    m = vault.members[0]
+    body = b'{"entry_type": "top_up", "amount": ' + b"9" * 5000 + b"}"
+    r = vault.client.post(
+        f"/v1/members/{m.member_id}/ledger", content=body, headers={**front_desk(vault, m.home_clinic_id), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["detail"] == "the body is not acceptable JSON (integer_out_of_range)"

@@ -66,6 +66,13 @@ class _SerializedWriters(sqlite3.Connection):
         finally:
             self._release()
 
+    def close(self) -> None:
+        """An invalidated or collected connection is closed, not rolled back: its lock must not outlive it."""
+        try:
+            super().close()
+        finally:
+            self._release()
+
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
