@@ -40,6 +40,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; }
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.http
+	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.audit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
