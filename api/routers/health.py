@@ -1,8 +1,10 @@
 """Liveness and readiness (public routes).
 
 Readiness fails closed: every check must pass — both databases at the
-code's revision, the key provider usable, the published audit checkpoint a
-prefix of the stored tree — or the answer is 503 naming the failed checks.
+code's revision, the key provider usable, the audit store writable by this
+process (PostgreSQL: INSERT on the journal and its sequence; SQLite: the
+write lock can be taken), the published audit checkpoint a prefix of the
+stored tree — or the answer is 503 naming the failed checks.
 The probes use their own engines and key provider, apart from the request
 path's, so readiness reports the truth even when the data routes cannot open.
 """
@@ -13,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.http import request_id_of
@@ -23,10 +26,14 @@ from audit.errors import AuditError
 from keys.errors import KeysError
 from keys.signing import SigningKeys
 from vault.errors import VaultError
-from vault.storage.engine import make_engine
+from vault.storage.engine import SQLITE_IMMEDIATE, make_engine
 from vault.storage.migrate import Database, require_current
 
 router = APIRouter(tags=["operations"])
+_PG_JOURNAL_WRITABLE = text(
+    "SELECT has_table_privilege(current_user, 'audit_journal', 'INSERT')"
+    " AND has_sequence_privilege(current_user, pg_get_serial_sequence('audit_journal', 'journal_id'), 'USAGE')"
+)
 
 
 def open_probes(app: FastAPI, settings: Settings) -> None:
@@ -56,6 +63,19 @@ def _provider_ready(app: FastAPI, settings: Settings) -> bool:
     return True
 
 
+def _audit_store_writable(engine: Engine) -> bool:
+    """Could a request journal its event now? Checked without writing one."""
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                return bool(conn.execute(_PG_JOURNAL_WRITABLE).scalar())
+            conn.execution_options(**{SQLITE_IMMEDIATE: True})
+            with conn.begin():  # BEGIN IMMEDIATE: the write lock, then a commit of nothing
+                return True
+    except SQLAlchemyError:
+        return False
+
+
 def _audit_ready(app: FastAPI, settings: Settings, checks: dict[str, str]) -> tuple[str, str | None]:
     """The published checkpoint (``audit/last-checkpoint``) must be a prefix of the stored tree."""
     if checks.get("database") != "ok" or checks.get("keystore") != "ok" or app.state.probe_provider is None:
@@ -73,7 +93,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: databases migrated, key provider usable, audit checkpoint consistent", response_model=None)
+@router.get("/readyz", summary="Readiness: databases migrated, key provider usable, audit store writable, audit checkpoint consistent", response_model=None)
 def readyz(request: Request) -> JSONResponse | dict[str, Any]:
     app: FastAPI = request.app
     settings: Settings = app.state.settings
@@ -85,6 +105,8 @@ def readyz(request: Request) -> JSONResponse | dict[str, Any]:
         except (VaultError, SQLAlchemyError):
             checks[name] = "not_ready"
     checks["key_provider"] = "ok" if _provider_ready(app, settings) else "not_ready"
+    writable = checks["database"] == "ok" and _audit_store_writable(app.state.probe_data_engine)
+    checks["audit_store"] = "ok" if writable else "not_ready"
     checks["audit_checkpoint"], audit_reason = _audit_ready(app, settings, checks)
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", "checks": checks}

@@ -31,7 +31,7 @@ def test_healthz_and_readyz_on_a_migrated_vault(make_settings: Callable[..., Set
     assert _get(settings, "/readyz") == (
         200,
         "application/json",
-        {"status": "ready", "checks": {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "ok"}},
+        {"status": "ready", "checks": {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_store": "ok", "audit_checkpoint": "ok"}},
     )
 
 
@@ -44,8 +44,8 @@ def test_readyz_is_503_problem_json_on_an_unmigrated_database(make_settings: Cal
     status, content_type, body = _get(settings, "/readyz")
 
     assert (status, content_type) == (503, "application/problem+json")
-    assert body["checks"] == {"database": "not_ready", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "not_ready"}
-    assert body["detail"] == "not ready: audit_checkpoint, database"
+    assert body["checks"] == {"database": "not_ready", "keystore": "ok", "key_provider": "ok", "audit_store": "not_ready", "audit_checkpoint": "not_ready"}
+    assert body["detail"] == "not ready: audit_checkpoint, audit_store, database"
     assert isinstance(body["request_id"], str)
     assert _get(settings, "/healthz")[0] == 200
 
@@ -58,7 +58,7 @@ def test_readyz_is_503_when_the_keyring_is_readable_by_others(make_settings: Cal
     status, _, body = _get(settings, "/readyz")
 
     assert status == 503
-    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "not_ready", "audit_checkpoint": "not_ready"}
+    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "not_ready", "audit_store": "ok", "audit_checkpoint": "not_ready"}
     assert set(body) == {"type", "title", "status", "detail", "request_id", "checks"}
     assert str(settings.data_dir) not in json.dumps(body)  # no paths or provider internals
 
@@ -93,7 +93,7 @@ def test_readyz_is_503_when_the_published_checkpoint_is_not_ours(make_settings: 
     status, _, body = _get(settings, "/readyz")
 
     assert status == 503
-    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_checkpoint": "not_ready"}
+    assert body["checks"] == {"database": "ok", "keystore": "ok", "key_provider": "ok", "audit_store": "ok", "audit_checkpoint": "not_ready"}
     assert str(body["detail"]).startswith("not ready: audit_checkpoint (")
 
 
