@@ -55,7 +55,7 @@ def new_request_id() -> str:
 
 
 class _TooLargeError(Exception):
-    pass
+    """The body passed ``max_body_bytes`` while it streamed in; answered with 413."""
 
 
 class EdgeMiddleware:
