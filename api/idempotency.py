@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import Connection, insert, select
 
 from api.problems import CONFLICT, ProblemError
+from vault.access import Access, Gatekeeper, Outcome, Refusal, Target
 from vault.storage.schema import idempotency_keys
 
 ROOT_KEY = "idempotency"
@@ -62,4 +63,32 @@ class Idempotency:
         )
 
 
-__all__ = ["Idempotency", "StoredResponse"]
+def replay_if_retry(
+    conn: Connection,
+    idempotency: Idempotency,
+    gatekeeper: Gatekeeper,
+    *,
+    caller_key: str,
+    key: str | None,
+    digest: bytes,
+    access: Access,
+    allowed: bool,
+    resource: str,
+    id_field: str,
+    member_id: str | None = None,
+) -> StoredResponse | Refusal | None:
+    """A creating POST's retry, decided like the first request and journaled once.
+
+    None: not a retry — go on and write. A ``StoredResponse``: the first answer,
+    for a caller who may still make the request (event outcome ``replayed``).
+    A ``Refusal``: a caller who lost the right gets 403, not the stored answer.
+    ``member_id`` None means the created resource is the member itself.
+    """
+    if key is None or (stored := idempotency.replay(conn, caller_key, key, digest)) is None:
+        return None
+    created = str(stored.body[id_field])
+    target = Target("create", resource, created, member_id or created, ())
+    return stored if gatekeeper.replay(conn, access, target, allowed=allowed) else Refusal(Outcome.denied)
+
+
+__all__ = ["Idempotency", "StoredResponse", "replay_if_retry"]

@@ -118,4 +118,8 @@ def openapi_responses(*kinds: Kind) -> dict[int | str, dict[str, object]]:
     }
 
 
-__all__ = ["KINDS", "PROBLEM_MEDIA_TYPE", "TYPE_BASE", "Kind", "ProblemError", "openapi_responses", "problem_for", "render"]
+# What a route that reads or writes one member's data may answer besides its success.
+READ_ERRORS = openapi_responses(BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, UNAVAILABLE)
+WRITE_ERRORS = openapi_responses(BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CONFLICT, TOO_LARGE, UNSUPPORTED_MEDIA, INVALID, UNAVAILABLE)
+
+__all__ = ["KINDS", "PROBLEM_MEDIA_TYPE", "READ_ERRORS", "TYPE_BASE", "WRITE_ERRORS", "Kind", "ProblemError", "openapi_responses", "problem_for", "render"]

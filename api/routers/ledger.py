@@ -13,22 +13,18 @@ from fastapi.responses import Response
 from api import problems as p
 from api.decisions import member_access
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
-from api.idempotency import StoredResponse
+from api.idempotency import StoredResponse, replay_if_retry
 from api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.ledger import SEQ_PATTERN, LedgerEntryCreate, LedgerEntryCreated, LedgerEntryResource, LedgerPage
 from vault import data_map as dm
-from vault.access import Outcome, Refusal, Target
+from vault.access import Refusal
 from vault.ledger import LedgerEntry
 from vault.ledger_gate import RESOURCE
 
 router = APIRouter(tags=["ledger"])
 FINANCIAL = (dm.Category.financial,)
-_READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
-_WRITE_ERRORS = p.openapi_responses(
-    p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
-)
 
 
 @router.post(
@@ -36,7 +32,7 @@ _WRITE_ERRORS = p.openapi_responses(
     status_code=201,
     summary="Append a card ledger entry (a spend beyond the balance is 409)",
     response_model=None,
-    responses={201: {"model": LedgerEntryCreated}, **_WRITE_ERRORS},
+    responses={201: {"model": LedgerEntryCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LedgerEntryCreate"}}}}},
 )
 def append_entry(
@@ -52,13 +48,22 @@ def append_entry(
     digest = services.idempotency.digest("POST", f"/v1/members/{member_id}/ledger", raw.raw)
     with services.unit() as conn:
         decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=FINANCIAL, request_id=request_id, now=now)
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            target = Target("create", RESOURCE, str(stored.body["entry_id"]), member_id, ())
-            if services.gatekeeper.replay(conn, decision.access, target, allowed=dm.Category.financial in decision.access.writable):
-                return json_response(stored.body, status_code=stored.status_code)
-            entry: LedgerEntry | Refusal = Refusal(Outcome.denied)
-        else:
-            entry = services.ledger.append(conn, decision.access, member_id, raw.value if isinstance(raw.value, dict) else {})
+        prior = replay_if_retry(
+            conn,
+            services.idempotency,
+            services.gatekeeper,
+            caller_key=caller.key,
+            key=idempotency_key,
+            digest=digest,
+            access=decision.access,
+            allowed=dm.Category.financial in decision.access.writable,
+            resource=RESOURCE,
+            id_field="entry_id",
+            member_id=member_id,
+        )
+        if isinstance(prior, StoredResponse):
+            return json_response(prior.body, status_code=prior.status_code)
+        entry = prior if prior is not None else services.ledger.append(conn, decision.access, member_id, raw.value if isinstance(raw.value, dict) else {})
         if not isinstance(entry, Refusal) and idempotency_key is not None:
             services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, _created(entry)), now=now)
     if isinstance(entry, Refusal):
@@ -70,7 +75,7 @@ def append_entry(
     "/v1/members/{member_id}/ledger",
     summary="A member's ledger entries in order, paged",
     response_model=None,
-    responses={200: {"model": LedgerPage}, **_READ_ERRORS},
+    responses={200: {"model": LedgerPage}, **p.READ_ERRORS},
 )
 def list_entries(
     member_id: MemberIdPath,

@@ -13,7 +13,7 @@ from api import problems as p
 from api.caller import Caller
 from api.decisions import member_access, operation_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
-from api.idempotency import StoredResponse
+from api.idempotency import StoredResponse, replay_if_retry
 from api.responses import json_response, refuse, review_queuer
 from api.schemas.members import (
     MEMBER_CATEGORIES,
@@ -28,8 +28,7 @@ from api.schemas.members import (
     SearchResults,
     parse_term,
 )
-from vault.access import Access, Outcome, Refusal, Target
-from vault.ids import MemberId
+from vault.access import Access, Refusal
 from vault.members.gate import MemberBody, SearchScope
 from vault.roles import Role
 
@@ -50,10 +49,6 @@ class _MemberIdConvertor(Convertor[str]):
 
 
 register_url_convertor("member_id", _MemberIdConvertor())
-_READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
-_WRITE_ERRORS = p.openapi_responses(
-    p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
-)
 
 
 @router.post(
@@ -61,7 +56,7 @@ _WRITE_ERRORS = p.openapi_responses(
     status_code=201,
     summary="Create a member",
     response_model=None,
-    responses={201: {"model": MemberCreated}, **_WRITE_ERRORS},
+    responses={201: {"model": MemberCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemberCreate"}}}}},
 )
 def create_member(
@@ -80,14 +75,22 @@ def create_member(
         domain = "clinic" if caller.is_staff and (caller.all_clinics or home in caller.clinics) else "none"
         body = MemberBody.parse(raw.value)
         decision = member_access(services, conn, caller, purpose, "", action="write", categories=body.categories, request_id=request_id, now=now, domain=domain)
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            first = str(stored.body["member_id"])
-            target = Target("create", "member", first, first, ())
-            if services.gatekeeper.replay(conn, decision.access, target, allowed=bool(body.categories) and body.categories <= decision.access.writable):
-                return _created(stored)
-            result: MemberId | Refusal = Refusal(Outcome.denied)
-        else:
-            result = services.members.create(conn, decision.access, body)
+        allowed = bool(body.categories) and body.categories <= decision.access.writable
+        prior = replay_if_retry(
+            conn,
+            services.idempotency,
+            services.gatekeeper,
+            caller_key=caller.key,
+            key=idempotency_key,
+            digest=digest,
+            access=decision.access,
+            allowed=allowed,
+            resource="member",
+            id_field="member_id",
+        )
+        if isinstance(prior, StoredResponse):
+            return _created(prior)
+        result = prior if prior is not None else services.members.create(conn, decision.access, body)
         if isinstance(result, Refusal):
             stored = None
         else:
@@ -105,7 +108,7 @@ def _created(stored: StoredResponse) -> Response:
 
 
 @router.get(
-    "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **_READ_ERRORS}
+    "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **p.READ_ERRORS}
 )
 def read_member(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, break_glass: BreakGlassDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
@@ -128,7 +131,7 @@ def read_member(
     "/{member_id:member_id}",
     summary="Rectify some fields (RFC 7396 merge patch); previous values stay in the member's history",
     response_model=None,
-    responses={200: {"model": MemberChanged}, **_WRITE_ERRORS},
+    responses={200: {"model": MemberChanged}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/MemberPatch"}}}}},
 )
 def patch_member(
@@ -156,7 +159,7 @@ def _home_within_callers_clinics(caller: Caller, access: Access, body: MemberBod
     "/search",
     summary="Find members by phone, e-mail, document number or card number (ids only, within the caller's clinics)",
     response_model=None,
-    responses={200: {"model": SearchResults}, **_WRITE_ERRORS},
+    responses={200: {"model": SearchResults}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}},
 )
 def search_members(
@@ -182,7 +185,7 @@ def search_members(
     "/{member_id}/clinics",
     summary="Check in: link the member to the caller's clinic (front desk), with the member's card number as proof of presence",
     response_model=None,
-    responses={200: {"model": CheckInResult}, **_WRITE_ERRORS},
+    responses={200: {"model": CheckInResult}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}}}},
 )
 def check_in(

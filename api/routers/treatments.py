@@ -21,14 +21,13 @@ from api import problems as p
 from api.caller import Caller
 from api.decisions import member_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBody, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
-from api.idempotency import StoredResponse
+from api.idempotency import StoredResponse, replay_if_retry
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse, review_queuer
 from api.routers.members import MemberIdPath
 from api.schemas.treatments import TreatmentCreate, TreatmentCreated, TreatmentPage, TreatmentResource
 from vault import data_map as dm
-from vault.access import Access, Outcome, Refusal, Target
-from vault.ids import TreatmentId
+from vault.access import Access, Refusal
 from vault.treatments import Treatment
 from vault.treatments_gate import RESOURCE
 
@@ -36,10 +35,6 @@ router = APIRouter(tags=["treatments"])
 TreatmentIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque treatment id")]
 TREATMENT = (dm.Category.treatment,)
 OUTSIDE_CALLERS_CLINICS = "clinic_outside_caller"
-_READ_ERRORS = p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.UNAVAILABLE)
-_WRITE_ERRORS = p.openapi_responses(
-    p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.TOO_LARGE, p.UNSUPPORTED_MEDIA, p.INVALID, p.UNAVAILABLE
-)
 
 
 @router.post(
@@ -47,7 +42,7 @@ _WRITE_ERRORS = p.openapi_responses(
     status_code=201,
     summary="Record a treatment (practitioners, in their clinics)",
     response_model=None,
-    responses={201: {"model": TreatmentCreated}, **_WRITE_ERRORS},
+    responses={201: {"model": TreatmentCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TreatmentCreate"}}}}},
 )
 def create_treatment(
@@ -64,13 +59,22 @@ def create_treatment(
     with services.unit() as conn:
         decision = member_access(services, conn, caller, purpose, member_id, action="write", categories=TREATMENT, request_id=request_id, now=now)
         access = _within_callers_clinics(caller, decision.access, raw)
-        if idempotency_key is not None and (stored := services.idempotency.replay(conn, caller.key, idempotency_key, digest)) is not None:
-            target = Target("create", RESOURCE, str(stored.body["treatment_id"]), member_id, ())
-            if services.gatekeeper.replay(conn, access, target, allowed=dm.Category.treatment in access.writable):
-                return _created(stored)
-            created: TreatmentId | Refusal = Refusal(Outcome.denied)
-        else:
-            created = services.treatments.add(conn, access, member_id, raw.value if isinstance(raw.value, dict) else {})
+        prior = replay_if_retry(
+            conn,
+            services.idempotency,
+            services.gatekeeper,
+            caller_key=caller.key,
+            key=idempotency_key,
+            digest=digest,
+            access=access,
+            allowed=dm.Category.treatment in access.writable,
+            resource=RESOURCE,
+            id_field="treatment_id",
+            member_id=member_id,
+        )
+        if isinstance(prior, StoredResponse):
+            return _created(prior)
+        created = prior if prior is not None else services.treatments.add(conn, access, member_id, raw.value if isinstance(raw.value, dict) else {})
         if not isinstance(created, Refusal) and idempotency_key is not None:
             services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, {"treatment_id": created}), now=now)
     if isinstance(created, Refusal):
@@ -82,7 +86,7 @@ def create_treatment(
     "/v1/members/{member_id}/treatments",
     summary="A member's treatments, oldest first, paged",
     response_model=None,
-    responses={200: {"model": TreatmentPage}, **_READ_ERRORS},
+    responses={200: {"model": TreatmentPage}, **p.READ_ERRORS},
 )
 def list_treatments(
     member_id: MemberIdPath,
@@ -112,7 +116,7 @@ def list_treatments(
     "/v1/treatments/{treatment_id}",
     summary="Read one treatment (decided on the member it belongs to)",
     response_model=None,
-    responses={200: {"model": TreatmentResource}, **_READ_ERRORS},
+    responses={200: {"model": TreatmentResource}, **p.READ_ERRORS},
 )
 def read_treatment(
     treatment_id: TreatmentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
