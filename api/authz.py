@@ -48,6 +48,8 @@ OPERATIONS = (
     "keys:metadata",
     "keys:rotate",
     "policies:reload",
+    "consent:records",
+    "purposes:notices",
 )
 
 

@@ -2,7 +2,8 @@
 
 One decision per category, asked of the active policy set (cached there by
 the full request tuple); then, for purposes that need consent, the member's
-live consent. The result names the readable and writable categories, the
+live consent, and for a write of the health category the separate
+``health_data`` consent (PIPL Art. 29). The result names the readable and writable categories, the
 policy hash and the reason code that the audit event records.
 """
 
@@ -60,7 +61,7 @@ def member_access(
         )
     else:
         reason = "allowed" if allowed else _denial(active.policy, caller, where, action=action, purpose=purpose.value, categories=wanted)
-    if allowed and purpose.needs_consent and not services.consent.has_live_consent(conn, member_id, purpose):
+    if allowed and not _consent_covers(services, conn, member_id, purpose, action=action, categories=allowed, now=now):
         allowed, reason = frozenset(), CONSENT_REQUIRED_REASON
     flagged = break_glass if where == "break_glass" else None
     if allowed and flagged is not None:
@@ -102,6 +103,15 @@ def operation_access(
         reason=verdict.reason.value,
     )
     return access, verdict.allowed
+
+
+def _consent_covers(
+    services: Services, conn: Connection, member_id: str, purpose: Purpose, *, action: str, categories: frozenset[dm.Category], now: datetime
+) -> bool:
+    """A consent purpose needs the member's live consent; writing the health category needs live ``health_data`` consent."""
+    if purpose.needs_consent and not services.consent.has_live_consent(conn, member_id, purpose, now):
+        return False
+    return not (action == "write" and dm.Category.health in categories and not services.consent.has_live_consent(conn, member_id, Purpose.health_data, now))
 
 
 def _denial(policy: PolicySet, caller: Caller, domain: str, *, action: str, purpose: str, categories: tuple[dm.Category, ...]) -> str:

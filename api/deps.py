@@ -117,11 +117,10 @@ JsonBodyDep = Annotated[JsonBody, Depends(_json_body)]
 
 def validate_body(model: type[_Model], raw: bytes) -> _Model:
     """Typed validation of a body already parsed strictly: 422 naming fields and error types, never input."""
-    try:
-        return model.model_validate_json(raw, strict=True)
-    except pydantic.ValidationError as exc:
-        errors = {_location(e["loc"]): e["type"] for e in exc.errors(include_input=False, include_url=False)}
-        raise ProblemError(INVALID, "one or more fields are invalid", errors=errors) from None
+    found, errors = model_or_problems(model, raw)
+    if found is None:
+        raise ProblemError(INVALID, "one or more fields are invalid", errors=errors)
+    return found
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z_]{0,63}")
@@ -148,6 +147,14 @@ def parse_model(model: type[_Model], raw: bytes) -> _Model | None:
         return None
 
 
+def model_or_problems(model: type[_Model], raw: bytes) -> tuple[_Model | None, dict[str, str]]:
+    """Typed validation for a gate to refuse after the decision: the model, or the field problems (names and error types)."""
+    try:
+        return model.model_validate_json(raw, strict=True), {}
+    except pydantic.ValidationError as exc:
+        return None, {_location(e["loc"]): e["type"] for e in exc.errors(include_input=False, include_url=False)}
+
+
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, description="retry-safe create: the first result is returned again")]
 
 
@@ -162,6 +169,7 @@ __all__ = [
     "PurposeDep",
     "RequestIdDep",
     "ServicesDep",
+    "model_or_problems",
     "parse_model",
     "validate_body",
 ]

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from sqlalchemy import Connection
@@ -34,7 +35,8 @@ from audit.store import AuditJournal
 from keys.errors import KeysError
 from policies import DEFAULT_DIRECTORY
 from vault.access import Gatekeeper
-from vault.consent_check import ConsentCheck, NoConsentRecords
+from vault.consent import ConsentGate, ConsentService, NoticeBook
+from vault.consent_check import ConsentCheck
 from vault.errors import VaultError
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
@@ -56,6 +58,7 @@ class Services:
     authenticator: Authenticator
     policies: PolicyStore
     consent: ConsentCheck
+    consents: ConsentGate
     idempotency: Idempotency
 
     @contextmanager
@@ -89,6 +92,7 @@ def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
         gatekeeper = Gatekeeper(AuditJournal())
+        consent = ConsentService(runtime.members, runtime.keys, NoticeBook(), grace=timedelta(days=settings.consent_grace_days))
         services = Services(
             settings=settings,
             runtime=runtime,
@@ -98,7 +102,8 @@ def build(settings: Settings) -> Services:
             ledger=LedgerGate(runtime.ledger, runtime.members, gatekeeper),
             authenticator=Authenticator(settings, runtime.signing, runtime.data_engine),
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
-            consent=NoConsentRecords(),
+            consent=consent,
+            consents=ConsentGate(consent, gatekeeper),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
         with write_transaction(runtime.data_engine) as conn:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # Where ``POST /v1/policies/reload`` reads model.conf and default.csv (default: the policies package).
     policy_dir: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # After a material notice change takes effect, earlier grants keep counting this many days, then turn stale.
+    consent_grace_days: int = Field(default=30, ge=0, le=3650)
+    # The controller named in consent receipts and FHIR Consent resources.
+    controller_name: str = Field(default="Member Vault demo clinics", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 
     @model_validator(mode="after")
     def _pkcs11_complete(self) -> Settings:

@@ -1,13 +1,13 @@
-"""The question access control asks the consent service: does this member's live consent cover this purpose?
+"""The question access control asks the consent service: does this member's live consent cover this purpose at ``now``?
 
-``ConsentCheck`` is the interface; the consent service (append-only grant
-and withdrawal history) implements it. Until it exists, ``NoConsentRecords``
-answers no for every member and purpose, so every purpose that needs consent
-is refused (default deny) rather than allowed without proof.
+``ConsentCheck`` is the interface the edge depends on; ``vault.consent.ConsentService``
+implements it by deriving the state from the append-only history on every
+call, so no process ever answers from a stale copy.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Connection
@@ -16,14 +16,7 @@ from vault.purposes import Purpose
 
 
 class ConsentCheck(Protocol):
-    def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose) -> bool: ...
+    def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> bool: ...
 
 
-class NoConsentRecords:
-    """No consent is recorded anywhere yet: nothing that needs consent is allowed."""
-
-    def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose) -> bool:
-        return False
-
-
-__all__ = ["ConsentCheck", "NoConsentRecords"]
+__all__ = ["ConsentCheck"]

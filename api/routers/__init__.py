@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from api.routers import audit, break_glass, health, keys, ledger, members, oauth, policies, treatments
+from api.routers import audit, break_glass, consents, health, keys, ledger, members, oauth, policies, purposes, treatments
 
-ALL: tuple[ModuleType, ...] = (health, members, oauth, audit, keys, policies, treatments, ledger, break_glass)
+ALL: tuple[ModuleType, ...] = (health, members, oauth, audit, keys, policies, treatments, ledger, break_glass, purposes, consents)
 
 __all__ = ["ALL"]

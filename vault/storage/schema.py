@@ -15,10 +15,12 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -221,11 +223,60 @@ auth_throttle = Table(
     Column("failures", Integer, nullable=False),
 )
 
+# -- consent: notice versions and the append-only grant/withdraw history ------------------------------------
+
+# A published notice text (zh and en) of a purpose; versions only grow, and a row is never changed (triggers).
+consent_notices = Table(
+    "consent_notices",
+    metadata,
+    Column("purpose", String(32), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("text_zh", Text, nullable=False),
+    Column("text_en", Text, nullable=False),
+    Column("sha256_zh", String(64), nullable=False),
+    Column("sha256_en", String(64), nullable=False),
+    Column("notice_hash", String(64), nullable=False),
+    Column("material", Boolean, nullable=False),
+    _ts("effective_at"),
+    _ts("published_at"),
+    Column("published_by", String(256), nullable=False),
+    CheckConstraint("version >= 1", name="version"),
+)
+
+# One grant or withdrawal; the current state is derived from these rows (``vault.consent.state``), never stored.
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), Identity(always=True), primary_key=True),
+    Column("consent_id", String(ID_LENGTH), nullable=False, unique=True),
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("notice_version", Integer, nullable=True),
+    Column("notice_hash", String(64), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("given_by", String(16), nullable=False),
+    # The evidence reference (a scan or form id), encrypted under the member's data key; required off the app.
+    Column("evidence", Ciphertext(), nullable=True),
+    Column("recorded_by", String(256), nullable=False),
+    Column("recorded_role", String(32), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    _ts("recorded_at"),
+    CheckConstraint("decision IN ('granted', 'withdrawn')", name="decision"),
+    CheckConstraint("channel IN ('app', 'front_desk', 'paper')", name="channel"),
+    CheckConstraint("given_by IN ('member', 'guardian')", name="given_by"),
+    CheckConstraint("decision = 'withdrawn' OR (notice_version IS NOT NULL AND notice_hash IS NOT NULL)", name="grant_names_notice"),
+    CheckConstraint("channel = 'app' OR evidence IS NOT NULL", name="evidence_off_app"),
+    Index(None, "member_id", "purpose", "seq"),
+)
+
 __all__ = [
     "auth_throttle",
     "blind_index",
     "break_glass_reviews",
     "clients",
+    "consent_events",
+    "consent_notices",
     "erasures",
     "field_history",
     "idempotency_keys",

@@ -1,0 +1,226 @@
+"""The consent service: record grants and withdrawals, derive the current state, answer live-consent checks.
+
+Invariants:
+
+* The history is append-only (database triggers) and is the only truth; the
+  state is derived from it on every call (``vault.consent.state``). Nothing
+  is cached in a process, so a withdrawal committed by any process counts
+  for the very next request in every process.
+* A grant names the notice version current when it is recorded; a grant on
+  another existing version is a ``ConflictError`` naming the current one, an
+  unknown version a ``ValidationError``. A withdrawal needs no version.
+* Only purposes whose legal basis is consent take consent events.
+* The member records in the app (channel ``app``); the front desk records
+  on the member's behalf on ``front_desk`` or ``paper``, with an evidence
+  reference, which is stored encrypted under the member's data key.
+* A member under 14 grants through a guardian (PIPL Art. 31): the event
+  records ``given_by = guardian``; a guardian cannot act for a member of 14
+  or over, nor for one whose date of birth is unknown.
+* Checks run in the API's order: the member exists (404) before any field
+  is judged (422), and a version conflict (409) after that.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Connection, RowMapping, insert, select
+
+from keys.errors import DecryptionError, KeyNotFoundError
+from keys.field_cipher import FieldCipher, FieldContext, read_header
+from keys.member_keys import DATA_SCOPE, MemberKeys
+from vault import data_map as dm
+from vault.consent.model import (
+    Channel,
+    ConsentDecision,
+    ConsentEvent,
+    ConsentRequest,
+    GivenBy,
+    Notice,
+    PurposeState,
+    Recorder,
+    RecorderRole,
+)
+from vault.consent.notices import NoticeBook
+from vault.consent.state import derive
+from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError
+from vault.members.repository import MemberRepository
+from vault.purposes import Purpose, consent_purposes
+from vault.storage.schema import consent_events, members
+
+TABLE = "consent_events"
+GUARDIAN_AGE = 14
+DEFAULT_GRACE = timedelta(days=30)
+EVIDENCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_CHANNELS = {RecorderRole.member: frozenset({Channel.app}), RecorderRole.front_desk: frozenset({Channel.front_desk, Channel.paper})}
+
+
+def age_on(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+class ConsentService:
+    def __init__(self, members: MemberRepository, keys: MemberKeys, notices: NoticeBook, *, grace: timedelta = DEFAULT_GRACE) -> None:
+        self._members = members
+        self._keys = keys
+        self.notices = notices
+        self.grace = grace
+
+    # -- recording -----------------------------------------------------------
+
+    def record(
+        self, conn: Connection, member_id: str, request: ConsentRequest, recorder: Recorder, *, consent_id: str, request_id: str, now: datetime
+    ) -> ConsentEvent:
+        key_version = self.live_key_version(conn, member_id)
+        problems = _request_problems(request, recorder)
+        if problems:
+            raise ValidationError(problems)
+        notice = self._notice_for(conn, request, now) if request.decision is ConsentDecision.granted else None
+        self._check_guardian(conn, member_id, request, now)
+        evidence = None
+        if request.evidence is not None:
+            evidence = self._cipher(member_id, key_version).encrypt(request.evidence.encode(), FieldContext(TABLE, consent_id, "evidence"))
+        values = {
+            "consent_id": consent_id,
+            "member_id": member_id,
+            "purpose": request.purpose.value,
+            "decision": request.decision.value,
+            "notice_version": notice.version if notice else None,
+            "notice_hash": notice.notice_hash if notice else None,
+            "channel": request.channel.value,
+            "given_by": request.given_by.value,
+            "evidence": evidence,
+            "recorded_by": recorder.subject,
+            "recorded_role": recorder.role.value,
+            "request_id": request_id,
+            "recorded_at": now,
+        }
+        seq = conn.execute(insert(consent_events).values(**values).returning(consent_events.c.seq)).scalar_one()
+        return _event({**values, "seq": seq}, evidence=request.evidence)
+
+    def _notice_for(self, conn: Connection, request: ConsentRequest, now: datetime) -> Notice:
+        versions = self.notices.of(conn, request.purpose)
+        named = next((n for n in versions if n.version == request.notice_version), None)
+        if named is None:
+            raise ValidationError({"notice_version": "unknown"})
+        current = self.notices.current_of(versions, now)
+        if current is None or named.version != current.version:
+            shown = "none is in effect" if current is None else f"the current version is {current.version} (hash {current.notice_hash})"
+            raise ConflictError(f"version {named.version} of the {request.purpose.value} notice is not current; {shown}")
+        if request.notice_hash is not None and request.notice_hash != named.notice_hash:
+            raise ValidationError({"notice_hash": "mismatch"})
+        return named
+
+    def _check_guardian(self, conn: Connection, member_id: str, request: ConsentRequest, now: datetime) -> None:
+        born = self._members.read(conn, member_id, (dm.Category.identity,)).values[dm.Category.identity].get("date_of_birth")
+        age = age_on(born, now.date()) if isinstance(born, date) else None
+        if request.given_by is GivenBy.guardian and (age is None or age >= GUARDIAN_AGE):
+            raise ValidationError({"given_by": "guardian_not_applicable"})
+        if request.decision is ConsentDecision.granted and request.given_by is GivenBy.member and age is not None and age < GUARDIAN_AGE:
+            raise ValidationError({"given_by": "guardian_required"})
+
+    # -- reading -------------------------------------------------------------
+
+    def history(self, conn: Connection, member_id: str) -> list[ConsentEvent]:
+        """Every event of a live member, oldest first, evidence decrypted."""
+        self.live_key_version(conn, member_id)
+        rows = conn.execute(select(consent_events).where(consent_events.c.member_id == member_id).order_by(consent_events.c.seq)).mappings().all()
+        return [self._decrypted(m) for m in rows]
+
+    def event(self, conn: Connection, member_id: str, consent_id: str) -> ConsentEvent:
+        """One event of a live member (``NotFoundError`` for an id that is not this member's)."""
+        self.live_key_version(conn, member_id)
+        t = consent_events
+        row = conn.execute(select(t).where(t.c.consent_id == consent_id, t.c.member_id == member_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no consent event {consent_id}")
+        return self._decrypted(row)
+
+    def current(self, conn: Connection, member_id: str, now: datetime, history: Sequence[ConsentEvent] | None = None) -> dict[Purpose, PurposeState]:
+        """The state of every consent purpose at ``now`` (from ``history`` when the caller has it)."""
+        events = self.history(conn, member_id) if history is None else history
+        last: dict[Purpose, ConsentEvent] = {}
+        for e in events:
+            last[e.purpose] = e
+        notices = self.notices.every(conn)
+        return {p: derive(p, last.get(p), notices[p], now=now, grace=self.grace) for p in consent_purposes()}
+
+    def state(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> PurposeState:
+        """One purpose's state, from the member's last event for it (no decryption)."""
+        t = consent_events
+        stmt = select(t).where(t.c.member_id == member_id, t.c.purpose == purpose.value).order_by(t.c.seq.desc()).limit(1)
+        row = conn.execute(stmt).mappings().first()
+        last = None if row is None else _event(row, evidence=None)
+        return derive(purpose, last, self.notices.of(conn, purpose), now=now, grace=self.grace)
+
+    def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> bool:
+        return self.state(conn, member_id, purpose, now).live
+
+    # -- keys ----------------------------------------------------------------
+
+    def live_key_version(self, conn: Connection, member_id: str) -> int:
+        """The member's data key version; ``NotFoundError`` or ``MemberErasedError`` unless the member is live."""
+        row = conn.execute(select(members.c.erased_at, members.c.key_version).where(members.c.member_id == member_id)).first()
+        if row is None:
+            raise NotFoundError(f"no member {member_id}")
+        if row.erased_at is not None:
+            raise MemberErasedError(f"member {member_id} was erased")
+        return int(row.key_version)
+
+    def _cipher(self, member_id: str, key_version: int) -> FieldCipher:
+        try:
+            return self._keys.load(member_id, scopes=(DATA_SCOPE,)).get(DATA_SCOPE, key_version)
+        except KeyNotFoundError:
+            raise MemberErasedError(f"member {member_id} has no live data key") from None
+
+    def _decrypted(self, m: RowMapping) -> ConsentEvent:
+        sealed = m["evidence"]
+        if sealed is None:
+            return _event(m, evidence=None)
+        consent_id, member_id = str(m["consent_id"]), str(m["member_id"])
+        try:
+            _, key_version = read_header(bytes(sealed))
+            plain = self._cipher(member_id, key_version).decrypt(bytes(sealed), FieldContext(TABLE, consent_id, "evidence"))
+        except (DecryptionError, UnicodeDecodeError) as exc:
+            raise RecordIntegrityError(TABLE, consent_id, "evidence") from exc
+        return _event(m, evidence=plain.decode())
+
+
+def _request_problems(request: ConsentRequest, recorder: Recorder) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if not request.purpose.needs_consent:
+        problems["purpose"] = "not_consent_based"
+    if request.channel not in _CHANNELS[recorder.role]:
+        problems["channel"] = "not_for_recorder"
+    if request.evidence is None and request.channel is not Channel.app:
+        problems["evidence"] = "required"
+    if request.evidence is not None and not EVIDENCE_PATTERN.fullmatch(request.evidence):
+        problems["evidence"] = "invalid"
+    if request.decision is ConsentDecision.granted and request.notice_version is None:
+        problems["notice_version"] = "required"
+    return problems
+
+
+def _event(m: RowMapping | dict[str, object], *, evidence: str | None) -> ConsentEvent:
+    version = m["notice_version"]
+    return ConsentEvent(
+        seq=int(str(m["seq"])),
+        consent_id=str(m["consent_id"]),
+        member_id=str(m["member_id"]),
+        purpose=Purpose(str(m["purpose"])),
+        decision=ConsentDecision(str(m["decision"])),
+        notice_version=None if version is None else int(str(version)),
+        notice_hash=None if m["notice_hash"] is None else str(m["notice_hash"]),
+        channel=Channel(str(m["channel"])),
+        given_by=GivenBy(str(m["given_by"])),
+        recorded_by=str(m["recorded_by"]),
+        recorded_role=RecorderRole(str(m["recorded_role"])),
+        recorded_at=m["recorded_at"],  # type: ignore[arg-type]  # a UtcDateTime column
+        request_id=str(m["request_id"]),
+        evidence=evidence,
+    )
+
+
+__all__ = ["DEFAULT_GRACE", "EVIDENCE_PATTERN", "GUARDIAN_AGE", "ConsentService", "age_on"]
