@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from vault.consent import Channel, ConsentDecision, GivenBy, RecorderRole, State
+from vault.consent import ConsentChannel, ConsentDecision, ConsentState, GivenBy, RecorderRole
 from vault.consent.notices import MAX_TEXT_LENGTH
 from vault.purposes import LegalBasis, Purpose, consent_purposes
 
@@ -94,7 +94,7 @@ class ConsentRecordIn(BaseModel):
     decision: ConsentDecision
     notice_version: NoticeVersion | None = Field(default=None, description="grants only: the notice version shown")
     notice_hash: Sha256Hex | None = Field(default=None, description="optional: the hash of the notice shown, checked against the version")
-    channel: Channel
+    channel: ConsentChannel
     evidence: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", description="reference to a scan or form; required for front_desk and paper"
     )
@@ -107,7 +107,7 @@ class ConsentEventOut(BaseModel):
     decision: ConsentDecision
     notice_version: NoticeVersion | None
     notice_hash: Sha256Hex | None
-    channel: Channel
+    channel: ConsentChannel
     given_by: GivenBy
     evidence: str | None
     recorded_by: str
@@ -117,7 +117,7 @@ class ConsentEventOut(BaseModel):
 
 
 class PurposeStateOut(BaseModel):
-    state: State
+    state: ConsentState
     notice_version: NoticeVersion | None
     since: datetime | None
 

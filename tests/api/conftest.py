@@ -1,7 +1,10 @@
 """HTTP fixtures: a real vault (SQLite or PostgreSQL via ``backend``) behind FastAPI's test client.
 
-``vault`` builds the app on a migrated vault with a few seeded members and
+``vault`` builds the app on a migrated vault with four seeded members and
 hands out development-issuer tokens (real Ed25519 signatures) for any role.
+Members 0 and 1 have granted ``health_data`` consent (recorded through the
+consent service, so health writes for care are allowed); members 2 and 3
+have no consent at all.
 Nothing of ours is mocked: the requests go through authentication, the
 policies, the gates, the field cipher and the audit journal.
 """
@@ -24,7 +27,11 @@ from api.tokens import issue_token
 from audit.store import audit_journal
 from keys.signing import SigningPurpose
 from vault import data_map as dm
+from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, ConsentService, NoticeBook, Recorder, RecorderRole
 from vault.demo import seed_members
+from vault.ids import new_id
+from vault.purposes import Purpose
+from vault.storage.engine import write_transaction
 
 
 @dataclass
@@ -75,6 +82,15 @@ class Vault:
             out["X-Purpose"] = purpose
         return out
 
+    def grant(self, member_id: str, purpose: Purpose, *, version: int = 1, now: datetime | None = None) -> None:
+        """Record the member's grant of ``purpose`` in the app (through the consent service, not over HTTP: no audit event)."""
+        service = ConsentService(self.runtime.members, self.runtime.keys, NoticeBook())
+        request = ConsentRequest(purpose, ConsentDecision.granted, ConsentChannel.app, notice_version=version)
+        with write_transaction(self.runtime.data_engine) as conn:
+            service.record(
+                conn, member_id, request, Recorder("fixture", RecorderRole.member), consent_id=new_id(), request_id="fixture", now=now or datetime.now(UTC)
+            )
+
     def journal_size(self) -> int:
         with self.runtime.data_engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(audit_journal)).scalar_one())
@@ -97,6 +113,9 @@ def vault(make_settings: Callable[..., Settings]) -> Iterator[Vault]:
                 membership = runtime.members.read(conn, member_id, {dm.Category.membership}).values[dm.Category.membership]
                 seeded.append(Seeded(member_id, str(membership["home_clinic_id"]), str(membership["card_no"])))
         with TestClient(create_app(settings, audit_pump=False), raise_server_exceptions=False) as client:
-            yield Vault(client=client, runtime=runtime, settings=settings, members=seeded)
+            made = Vault(client=client, runtime=runtime, settings=settings, members=seeded)
+            for m in seeded[:2]:
+                made.grant(m.member_id, Purpose.health_data)
+            yield made
     finally:
         runtime.close()

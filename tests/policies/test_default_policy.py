@@ -34,6 +34,8 @@ OTHER_OBJECTS = (
     "keys:metadata",
     "keys:rotate",
     "policies:reload",
+    "consent:records",
+    "purposes:notices",
 )
 OBJECTS = tuple(f"member:{category}" for category in CATEGORIES) + OTHER_OBJECTS
 ACTIONS = ("read", "write")
@@ -73,6 +75,12 @@ EXPECTED: set[Request] = set().union(
     grant("dpo", DOMAINS, "break_glass:queue", "write", PURPOSES),
     grant("compliance_officer", DOMAINS, "audit:events audit:scope audit:export break_glass:queue", "read", PURPOSES),
     grant("compliance_officer", DOMAINS, "break_glass:queue", "write", PURPOSES),
+    grant("member", ("self",), "consent:records", "read write", ("self_service",)),
+    grant("front_desk", ("clinic",), "consent:records", "read write", ("care",)),
+    grant("practitioner", ("clinic",), "consent:records", "read", ("care",)),
+    grant("clinic_manager", ("clinic",), "consent:records", "read", ("care",)),
+    grant("dpo", DOMAINS, "consent:records", "read", ("self_service", "legal_claims")),
+    grant("dpo", DOMAINS, "purposes:notices", "write", PURPOSES),
     grant("vault_admin", DOMAINS, "keys:metadata", "read", PURPOSES),
     grant("vault_admin", DOMAINS, "keys:rotate policies:reload", "write", PURPOSES),
     *(grant(role, DOMAINS, "audit:checkpoints audit:proofs", "read", PURPOSES) for role in ROLES),

@@ -10,28 +10,29 @@ R4B ``Consent``.
 
 from vault.consent.gate import ConsentGate, ConsentOverview, NoticeDraft
 from vault.consent.model import (
-    Channel,
+    ConsentChannel,
     ConsentDecision,
     ConsentEvent,
     ConsentRequest,
+    ConsentState,
     GivenBy,
     Notice,
     PurposeState,
     Recorder,
     RecorderRole,
-    State,
 )
 from vault.consent.notices import NoticeBook
 from vault.consent.service import ConsentService
 
 __all__ = [
-    "Channel",
+    "ConsentChannel",
     "ConsentDecision",
     "ConsentEvent",
     "ConsentGate",
     "ConsentOverview",
     "ConsentRequest",
     "ConsentService",
+    "ConsentState",
     "GivenBy",
     "Notice",
     "NoticeBook",
@@ -39,5 +40,4 @@ __all__ = [
     "PurposeState",
     "Recorder",
     "RecorderRole",
-    "State",
 ]

@@ -19,7 +19,7 @@ class ConsentDecision(StrEnum):
     withdrawn = "withdrawn"
 
 
-class Channel(StrEnum):
+class ConsentChannel(StrEnum):
     app = "app"  # the member (or their guardian) in the card app
     front_desk = "front_desk"  # recorded by the front desk, evidence required
     paper = "paper"  # a signed paper form, recorded by the front desk, evidence required
@@ -39,7 +39,7 @@ class RecorderRole(StrEnum):
     front_desk = "front_desk"
 
 
-class State(StrEnum):
+class ConsentState(StrEnum):
     granted = "granted"
     withdrawn = "withdrawn"
     stale = "stale"  # granted under a notice that a material change replaced, past the grace period
@@ -70,7 +70,7 @@ class ConsentEvent:
     decision: ConsentDecision
     notice_version: int | None
     notice_hash: str | None
-    channel: Channel
+    channel: ConsentChannel
     given_by: GivenBy
     recorded_by: str
     recorded_role: RecorderRole
@@ -84,13 +84,13 @@ class PurposeState:
     """A purpose's current state for one member; ``since`` is when it took this state (None for ``none``)."""
 
     purpose: Purpose
-    state: State
+    state: ConsentState
     notice_version: int | None = None
     since: datetime | None = None
 
     @property
     def live(self) -> bool:
-        return self.state is State.granted
+        return self.state is ConsentState.granted
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,7 @@ class ConsentRequest:
 
     purpose: Purpose
     decision: ConsentDecision
-    channel: Channel
+    channel: ConsentChannel
     notice_version: int | None = None
     notice_hash: str | None = None
     evidence: str | None = None
@@ -115,14 +115,14 @@ class ConsentRequest:
 
 
 __all__ = [
-    "Channel",
+    "ConsentChannel",
     "ConsentDecision",
     "ConsentEvent",
     "ConsentRequest",
+    "ConsentState",
     "GivenBy",
     "Notice",
     "PurposeState",
     "Recorder",
     "RecorderRole",
-    "State",
 ]

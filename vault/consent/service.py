@@ -33,7 +33,7 @@ from keys.field_cipher import FieldCipher, FieldContext, read_header
 from keys.member_keys import DATA_SCOPE, MemberKeys
 from vault import data_map as dm
 from vault.consent.model import (
-    Channel,
+    ConsentChannel,
     ConsentDecision,
     ConsentEvent,
     ConsentRequest,
@@ -54,7 +54,7 @@ TABLE = "consent_events"
 GUARDIAN_AGE = 14
 DEFAULT_GRACE = timedelta(days=30)
 EVIDENCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
-_CHANNELS = {RecorderRole.member: frozenset({Channel.app}), RecorderRole.front_desk: frozenset({Channel.front_desk, Channel.paper})}
+_CHANNELS = {RecorderRole.member: frozenset({ConsentChannel.app}), RecorderRole.front_desk: frozenset({ConsentChannel.front_desk, ConsentChannel.paper})}
 
 
 def age_on(born: date, day: date) -> int:
@@ -194,7 +194,7 @@ def _request_problems(request: ConsentRequest, recorder: Recorder) -> dict[str, 
         problems["purpose"] = "not_consent_based"
     if request.channel not in _CHANNELS[recorder.role]:
         problems["channel"] = "not_for_recorder"
-    if request.evidence is None and request.channel is not Channel.app:
+    if request.evidence is None and request.channel is not ConsentChannel.app:
         problems["evidence"] = "required"
     if request.evidence is not None and not EVIDENCE_PATTERN.fullmatch(request.evidence):
         problems["evidence"] = "invalid"
@@ -213,7 +213,7 @@ def _event(m: RowMapping | dict[str, object], *, evidence: str | None) -> Consen
         decision=ConsentDecision(str(m["decision"])),
         notice_version=None if version is None else int(str(version)),
         notice_hash=None if m["notice_hash"] is None else str(m["notice_hash"]),
-        channel=Channel(str(m["channel"])),
+        channel=ConsentChannel(str(m["channel"])),
         given_by=GivenBy(str(m["given_by"])),
         recorded_by=str(m["recorded_by"]),
         recorded_role=RecorderRole(str(m["recorded_role"])),

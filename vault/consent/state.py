@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from vault.consent.model import ConsentDecision, ConsentEvent, Notice, PurposeState, State
+from vault.consent.model import ConsentDecision, ConsentEvent, ConsentState, Notice, PurposeState
 from vault.purposes import Purpose
 
 
@@ -32,15 +32,15 @@ def stale_from(granted_version: int, notices: Iterable[Notice], grace: timedelta
 def derive(purpose: Purpose, last: ConsentEvent | None, notices: Iterable[Notice], *, now: datetime, grace: timedelta) -> PurposeState:
     """The state at ``now`` given the member's last event for ``purpose`` and that purpose's notices."""
     if last is None:
-        return PurposeState(purpose, State.none)
+        return PurposeState(purpose, ConsentState.none)
     if last.decision is ConsentDecision.withdrawn:
-        return PurposeState(purpose, State.withdrawn, None, last.recorded_at)
+        return PurposeState(purpose, ConsentState.withdrawn, None, last.recorded_at)
     if last.notice_version is None:
         raise ValueError("a grant names its notice version")  # the schema's check constraint makes this unreachable
     stale_at = stale_from(last.notice_version, notices, grace)
     if stale_at is not None and stale_at <= now:
-        return PurposeState(purpose, State.stale, last.notice_version, stale_at)
-    return PurposeState(purpose, State.granted, last.notice_version, last.recorded_at)
+        return PurposeState(purpose, ConsentState.stale, last.notice_version, stale_at)
+    return PurposeState(purpose, ConsentState.granted, last.notice_version, last.recorded_at)
 
 
 __all__ = ["derive", "stale_from"]
