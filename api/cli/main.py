@@ -30,7 +30,8 @@ from api.cli.tokens import revoke_token_command, token_command
 from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
-from vault.demo import seed_members_parallel
+from vault.consent import ConsentChannel, ConsentService, ConsentState, NoticeBook
+from vault.demo import ConsentSeedReport, seed_consents, seed_members_parallel
 from vault.errors import VaultError
 from vault.storage.schema import members
 
@@ -80,7 +81,11 @@ def demo_seed(
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the vault already has members.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=0, max=32, help="Worker processes; 0: one per CPU, at most 4.")] = 0,
 ) -> None:
-    """Create synthetic members with treatments and card-ledger entries."""
+    """Create synthetic members with treatments, card-ledger entries and consent histories.
+
+    Standard output carries only the members line; the consent counts go to
+    standard error with the progress bars.
+    """
     if _settings().is_production:
         _fail("demo data is refused in production mode")
     with _runtime() as rt:
@@ -89,18 +94,34 @@ def demo_seed(
                 if conn.scalar(select(func.count()).select_from(members)):
                     typer.echo("vault already has members; not seeding")
                     return
+        now = datetime.now(UTC)
+        consent = ConsentService(rt.members, rt.keys, NoticeBook(), grace=timedelta(days=rt.settings.consent_grace_days))
         with _progress() as bar:
             task = bar.add_task("seeding members", total=members_)
             report = seed_members_parallel(
                 functools.partial(open_runtime, rt.settings),
                 count=members_,
                 seed=seed,
-                now=datetime.now(UTC),
+                now=now,
                 workers=workers or min(4, os.cpu_count() or 1),
                 progress=lambda n: bar.update(task, completed=n),
             )
+            consent_task = bar.add_task("seeding consents", total=report.members)
+            consents = seed_consents(
+                rt.data_engine, consent, rt.members, report.member_ids, seed=seed, now=now, progress=lambda n: bar.update(consent_task, completed=n)
+            )
         log.info("demo.seeded", count=report.members)
+        typer.echo(_consent_counts(consents), err=True)
         typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
+
+
+def _consent_counts(report: ConsentSeedReport) -> str:
+    channels = ", ".join(f"{report.channels.get(c, 0)} {c.value}" for c in ConsentChannel)
+    states = ", ".join(
+        f"{sum(n for (_, s), n in report.states.items() if s is state)} {state.value}" for state in ConsentState if state is not ConsentState.none
+    )
+    published = f"; published {report.published.purpose.value} notice version {report.published.version} (material)" if report.published else ""
+    return f"seeded {report.events} consent events ({channels}; {report.withdrawals} withdrawals); consents now {states}{published}"
 
 
 @demo_app.command("tokens")
