@@ -29,7 +29,7 @@ from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.consent import ConsentEventOut, ConsentOverviewOut, ConsentRecordIn
 from api.services import Services
-from keys.signing import SigningPurpose
+from keys.signing import SigningKey, SigningPurpose
 from vault.access import Access, Refusal
 from vault.consent import ConsentEvent, ConsentRequest, Recorder, RecorderRole
 from vault.consent.fhir import to_fhir_consent
@@ -52,9 +52,9 @@ def _recorder(caller: Caller) -> Recorder | None:
     return None
 
 
-def event_body(services: Services, event: ConsentEvent) -> dict[str, object]:
-    """An event as the API shows it, with its receipt."""
-    key = services.runtime.signing.current(SigningPurpose.receipts)
+def event_body(services: Services, event: ConsentEvent, key: SigningKey | None = None) -> dict[str, object]:
+    """An event as the API shows it, with its receipt (signed with ``key``, by default the current receipts key)."""
+    key = key or services.runtime.signing.current(SigningPurpose.receipts)
     settings = services.settings
     return {
         "consent_id": event.consent_id,
@@ -158,7 +158,8 @@ def read_consents(member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDe
     if isinstance(overview, Refusal):
         refuse(overview, access)
     current = {p.value: {"state": s.state.value, "notice_version": s.notice_version, "since": s.since} for p, s in overview.current.items()}
-    history: list[object] = [event_body(services, e) for e in overview.history]
+    key = services.runtime.signing.current(SigningPurpose.receipts)  # one key-store read for the whole history
+    history: list[object] = [event_body(services, e, key) for e in overview.history]
     return json_response({"member_id": member_id, "current": current, "history": history})
 
 

@@ -7,7 +7,7 @@ consent, states — is a closed value set in the OpenAPI schema, taken from
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -24,6 +24,10 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256
 NoticeVersion = Annotated[int, Field(ge=1, le=1_000_000, description="a notice version of the purpose")]
 ConsentId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="opaque consent event id")]
 NoticeText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
+# The latest ``effective_at`` a notice may take: far enough for any notice, near enough that the moment it makes
+# earlier grants stale (``effective_at`` plus a grace period of up to 3650 days) stays a representable datetime.
+# Notices are append-only, so a version beyond it would break every later state derivation of its purpose.
+LATEST_EFFECTIVE_AT = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class NoticeTextsIn(BaseModel):
@@ -41,7 +45,9 @@ class NoticePublish(BaseModel):
     version: NoticeVersion
     texts: NoticeTextsIn
     material: bool
-    effective_at: AwareDatetime | None = Field(default=None, description="when it takes effect (RFC 3339; default now; never in the past)")
+    effective_at: Annotated[AwareDatetime, Field(le=LATEST_EFFECTIVE_AT)] | None = Field(
+        default=None, description="when it takes effect (RFC 3339; default now; never in the past; at the latest 2999-12-31T23:59:59Z)"
+    )
 
 
 class NoticeTextOut(BaseModel):
@@ -129,6 +135,7 @@ class ConsentOverviewOut(BaseModel):
 
 
 __all__ = [
+    "LATEST_EFFECTIVE_AT",
     "ConsentEventOut",
     "ConsentOverviewOut",
     "ConsentPurpose",
