@@ -50,6 +50,9 @@ OPERATIONS = (
     "policies:reload",
     "consent:records",
     "purposes:notices",
+    "requests:records",
+    "requests:queue",
+    "requests:transitions",
 )
 
 

@@ -3,7 +3,9 @@
 One decision per category, asked of the active policy set (cached there by
 the full request tuple); then, for purposes that need consent, the member's
 live consent, and for a write of the health category the separate
-``health_data`` consent (PIPL Art. 29). The result names the readable and writable categories, the
+``health_data`` consent (PIPL Art. 29); and a member whose restriction
+request is carried out is reached by nobody but themselves and legal claims.
+The result names the readable and writable categories, the
 policy hash and the reason code that the audit event records.
 """
 
@@ -17,7 +19,7 @@ from sqlalchemy import Connection
 
 from api.authz import NO_PURPOSE, categories_allowed, member_object, relation
 from api.caller import Caller
-from api.responses import CONSENT_REQUIRED_REASON
+from api.responses import CONSENT_REQUIRED_REASON, RESTRICTED_REASON
 from api.services import Services
 from policies import PolicySet, Reason
 from vault import data_map as dm
@@ -63,6 +65,8 @@ def member_access(
         reason = "allowed" if allowed else _denial(active.policy, caller, where, action=action, purpose=purpose.value, categories=wanted)
     if allowed and not _consent_covers(services, conn, member_id, purpose, action=action, categories=allowed, now=now):
         allowed, reason = frozenset(), CONSENT_REQUIRED_REASON
+    if allowed and where != "self" and purpose is not Purpose.legal_claims and services.requests.service.is_restricted(conn, member_id):
+        allowed, reason = frozenset(), RESTRICTED_REASON  # stored but not used: only legal claims, and the member themselves
     flagged = break_glass if where == "break_glass" else None
     if allowed and flagged is not None:
         reason = f"break_glass:{flagged.value}"

@@ -77,6 +77,19 @@ async def _purpose(
 PurposeDep = Annotated[Purpose, Depends(_purpose)]
 
 
+async def _optional_purpose(
+    _caller: CallerDep,
+    # Typed without ``| None`` so the schema says "one of the purposes, or absent" (never the string "null").
+    x_purpose: Annotated[StatedPurpose, Header(description="optional here: a purpose id, to see personal values")] = None,  # type: ignore[assignment]
+) -> Purpose | None:
+    """Absent → None; present but not a statable purpose → 400 (via the request-validation handler)."""
+    stated: StatedPurpose | None = x_purpose
+    return None if stated is None else Purpose(stated.value)
+
+
+OptionalPurposeDep = Annotated[Purpose | None, Depends(_optional_purpose)]
+
+
 async def _break_glass(
     _caller: CallerDep,
     # Typed without ``| None`` so the schema says "one of the codes, or absent" (never the string "null").
@@ -166,6 +179,7 @@ __all__ = [
     "JsonBodyDep",
     "NoQueryDep",
     "NowDep",
+    "OptionalPurposeDep",
     "PurposeDep",
     "RequestIdDep",
     "ServicesDep",

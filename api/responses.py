@@ -17,6 +17,7 @@ from vault.break_glass import BreakGlassReason, queue_review
 
 JSON_MEDIA_TYPE = "application/json"
 CONSENT_REQUIRED_REASON = "consent_required"
+RESTRICTED_REASON = "restricted"
 
 
 def _default(value: object) -> str:
@@ -49,8 +50,10 @@ def refuse(refusal: Refusal, access: Access) -> NoReturn:
     if refusal.outcome is Outcome.denied:
         if access.reason == CONSENT_REQUIRED_REASON:
             raise ProblemError(CONSENT_REQUIRED, "the member's live consent does not cover this purpose")
+        if access.reason == RESTRICTED_REASON:
+            raise ProblemError(FORBIDDEN, "the member restricted the use of their data; only legal claims may reach it")
         raise ProblemError(FORBIDDEN, "the policy does not allow this request")
     raise problem_for(refusal.error) if refusal.error is not None else ProblemError(FORBIDDEN, "the policy does not allow this request")
 
 
-__all__ = ["CONSENT_REQUIRED_REASON", "JSON_MEDIA_TYPE", "json_response", "refuse", "review_queuer"]
+__all__ = ["CONSENT_REQUIRED_REASON", "JSON_MEDIA_TYPE", "RESTRICTED_REASON", "json_response", "refuse", "review_queuer"]

@@ -37,6 +37,7 @@ from policies import DEFAULT_DIRECTORY
 from vault.access import Gatekeeper
 from vault.consent import ConsentGate, ConsentService, NoticeBook
 from vault.consent_check import ConsentCheck
+from vault.data_requests import DataRequestGate, DataRequestService
 from vault.errors import VaultError
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
@@ -59,6 +60,7 @@ class Services:
     policies: PolicyStore
     consent: ConsentCheck
     consents: ConsentGate
+    requests: DataRequestGate
     idempotency: Idempotency
 
     @contextmanager
@@ -104,6 +106,7 @@ def build(settings: Settings) -> Services:
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
+            requests=DataRequestGate(DataRequestService(runtime.keys, periods=settings.dsr_due_periods), runtime.members, consent, gatekeeper),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
         with write_transaction(runtime.data_engine) as conn:

@@ -6,6 +6,7 @@ values. In ``production`` mode unsafe choices are refused, not warned about.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # After a material notice change takes effect, earlier grants keep counting this many days, then turn stale.
     consent_grace_days: int = Field(default=30, ge=0, le=3650)
+    # How long a data-subject request may take, per jurisdiction (ISO 8601 P<n>M or P<n>D); "default" applies to the rest.
+    dsr_due_periods: dict[str, str] = Field(default_factory=lambda: {"default": "P1M"})
     # The controller named in consent receipts and FHIR Consent resources.
     controller_name: str = Field(default="Member Vault demo clinics", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 
@@ -58,6 +61,13 @@ class Settings(BaseSettings):
     def _pkcs11_complete(self) -> Settings:
         if self.key_provider is KeyProviderName.pkcs11 and not (self.pkcs11_module and self.pkcs11_token_label and self.pkcs11_pin_file):
             raise ValueError("VAULT_KEY_PROVIDER=pkcs11 needs VAULT_PKCS11_MODULE, VAULT_PKCS11_TOKEN_LABEL and VAULT_PKCS11_PIN_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _due_periods_valid(self) -> Settings:
+        for jurisdiction, period in self.dsr_due_periods.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{1,15}", jurisdiction) or not re.fullmatch(r"P(?:[1-9][0-9]?M|[1-9][0-9]{0,2}D)", period):
+                raise ValueError("VAULT_DSR_DUE_PERIODS maps jurisdiction names ([a-z][a-z0-9_]{1,15}) to periods P<n>M or P<n>D")
         return self
 
     @property

@@ -30,8 +30,8 @@ from api.cli.tokens import revoke_token_command, token_command
 from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
-from vault.consent import ConsentChannel, ConsentService, ConsentState, NoticeBook
-from vault.demo import ConsentSeedReport, seed_consents, seed_members_parallel
+from vault.consent import ConsentService, ConsentState, NoticeBook
+from vault.demo import DEMO_CHANNELS, ConsentSeedReport, seed_consents, seed_members_parallel
 from vault.errors import VaultError
 from vault.storage.schema import members
 
@@ -116,7 +116,7 @@ def demo_seed(
 
 
 def _consent_counts(report: ConsentSeedReport) -> str:
-    channels = ", ".join(f"{report.channels.get(c, 0)} {c.value}" for c in ConsentChannel)
+    channels = ", ".join(f"{report.channels.get(c, 0)} {c.value}" for c in DEMO_CHANNELS)
     states = ", ".join(
         f"{sum(n for (_, s), n in report.states.items() if s is state)} {state.value}" for state in ConsentState if state is not ConsentState.none
     )

@@ -7,14 +7,14 @@ consent, states — is a closed value set in the OpenAPI schema, taken from
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from vault.consent import ConsentChannel, ConsentDecision, ConsentState, GivenBy, RecorderRole
-from vault.consent.notices import MAX_TEXT_LENGTH
+from vault.consent.notices import LATEST_EFFECTIVE_AT, MAX_TEXT_LENGTH
 from vault.purposes import LegalBasis, Purpose, consent_purposes
 
 # The purposes a member grants or withdraws (legal basis: consent); ``health_data`` is one of them.
@@ -27,7 +27,6 @@ NoticeText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]
 # The latest ``effective_at`` a notice may take: far enough for any notice, near enough that the moment it makes
 # earlier grants stale (``effective_at`` plus a grace period of up to 3650 days) stays a representable datetime.
 # Notices are append-only, so a version beyond it would break every later state derivation of its purpose.
-LATEST_EFFECTIVE_AT = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class NoticeTextsIn(BaseModel):

@@ -36,6 +36,9 @@ OTHER_OBJECTS = (
     "policies:reload",
     "consent:records",
     "purposes:notices",
+    "requests:records",
+    "requests:queue",
+    "requests:transitions",
 )
 OBJECTS = tuple(f"member:{category}" for category in CATEGORIES) + OTHER_OBJECTS
 ACTIONS = ("read", "write")
@@ -81,6 +84,12 @@ EXPECTED: set[Request] = set().union(
     grant("clinic_manager", ("clinic",), "consent:records", "read", ("care",)),
     grant("dpo", DOMAINS, "consent:records", "read", ("self_service", "legal_claims")),
     grant("dpo", DOMAINS, "purposes:notices", "write", PURPOSES),
+    grant("member", ("self",), "requests:records", "read write", ("self_service",)),
+    grant("front_desk", ("clinic",), "requests:records", "write", ("care",)),
+    grant("dpo", DOMAINS, "requests:records", "read", ("self_service",)),
+    grant("dpo", DOMAINS, "requests:queue", "read", PURPOSES),
+    grant("compliance_officer", DOMAINS, "requests:queue", "read", PURPOSES),
+    grant("dpo", DOMAINS, "requests:transitions", "write", ("self_service",)),
     grant("vault_admin", DOMAINS, "keys:metadata", "read", PURPOSES),
     grant("vault_admin", DOMAINS, "keys:rotate policies:reload", "write", PURPOSES),
     *(grant(role, DOMAINS, "audit:checkpoints audit:proofs", "read", PURPOSES) for role in ROLES),

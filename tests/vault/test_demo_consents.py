@@ -19,7 +19,7 @@ from tests.vault.factories import other_member_values, resident_id
 from vault import data_map as dm
 from vault.consent import ConsentChannel, ConsentDecision, ConsentEvent, ConsentService, ConsentState, GivenBy, Notice, NoticeBook, RecorderRole
 from vault.consent.service import age_on
-from vault.demo import ConsentSeedReport, seed_consents, seed_members
+from vault.demo import DEMO_CHANNELS, ConsentSeedReport, seed_consents, seed_members
 from vault.demo.consents import MARKETING_V2_EN, MARKETING_V2_ZH, WINDOW
 from vault.purposes import Purpose, consent_purposes
 from vault.storage.engine import write_transaction
@@ -97,7 +97,7 @@ def test_forty_members_show_every_state_and_front_desk_and_paper_evidence(runtim
     states = _states(runtime, member_ids)
     assert {s for _, s in states} == set(ConsentState)
     assert {p for p, s in states if s is ConsentState.stale} == {Purpose.marketing_contact}
-    assert {e.channel for e in events} == set(ConsentChannel)
+    assert {e.channel for e in events} == set(DEMO_CHANNELS)
     assert {e.decision for e in events} == set(ConsentDecision)
     for e in events:
         if e.channel is ConsentChannel.app:

@@ -23,6 +23,7 @@ class ConsentChannel(StrEnum):
     app = "app"  # the member (or their guardian) in the card app
     front_desk = "front_desk"  # recorded by the front desk, evidence required
     paper = "paper"  # a signed paper form, recorded by the front desk, evidence required
+    request = "request"  # carrying out a data-subject request (an objection), recorded by the dpo; evidence dsr:<id>
 
 
 class GivenBy(StrEnum):
@@ -33,10 +34,11 @@ class GivenBy(StrEnum):
 
 
 class RecorderRole(StrEnum):
-    """Who entered the event: the member themselves or the front desk on the member's behalf."""
+    """Who entered the event: the member, the front desk on the member's behalf, or the dpo carrying out their objection."""
 
     member = "member"
     front_desk = "front_desk"
+    dpo = "dpo"
 
 
 class ConsentState(StrEnum):

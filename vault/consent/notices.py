@@ -34,6 +34,7 @@ from vault.purposes import Purpose
 from vault.storage.schema import consent_notices
 
 MAX_TEXT_LENGTH = 20_000
+LATEST_EFFECTIVE_AT = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 _ALLOWED_CONTROLS = frozenset("\n\t")
 
 
@@ -124,6 +125,8 @@ class NoticeBook:
         problems = {f"texts.{lang}": p for lang, text in (("zh", text_zh), ("en", text_en)) if (p := _text_problem(text)) is not None}
         if effective < now.astimezone(UTC).replace(microsecond=0):
             problems["effective_at"] = "in_the_past"
+        elif effective > LATEST_EFFECTIVE_AT:
+            problems["effective_at"] = "too_far"  # keeps effective_at + any grace period a valid datetime
         existing = self.of(conn, purpose)
         latest = existing[-1] if existing else None
         if latest is not None and effective < latest.effective_at:
@@ -170,4 +173,4 @@ class NoticeBook:
         )
 
 
-__all__ = ["MAX_TEXT_LENGTH", "NoticeBook", "notice_hash", "text_sha256"]
+__all__ = ["LATEST_EFFECTIVE_AT", "MAX_TEXT_LENGTH", "NoticeBook", "notice_hash", "text_sha256"]

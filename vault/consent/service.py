@@ -11,8 +11,9 @@ Invariants:
   unknown version a ``ValidationError``. A withdrawal needs no version.
 * Only purposes whose legal basis is consent take consent events.
 * The member records in the app (channel ``app``); the front desk records
-  on the member's behalf on ``front_desk`` or ``paper``, with an evidence
-  reference, which is stored encrypted under the member's data key.
+  on the member's behalf on ``front_desk`` or ``paper``, and the dpo
+  carrying out an objection on ``request``, each with an evidence reference,
+  which is stored encrypted under the member's data key.
 * A member under 14 grants through a guardian (PIPL Art. 31): the event
   records ``given_by = guardian``; a guardian cannot act for a member of 14
   or over, nor for one whose date of birth is unknown.
@@ -54,7 +55,11 @@ TABLE = "consent_events"
 GUARDIAN_AGE = 14
 DEFAULT_GRACE = timedelta(days=30)
 EVIDENCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
-_CHANNELS = {RecorderRole.member: frozenset({ConsentChannel.app}), RecorderRole.front_desk: frozenset({ConsentChannel.front_desk, ConsentChannel.paper})}
+_CHANNELS = {
+    RecorderRole.member: frozenset({ConsentChannel.app}),
+    RecorderRole.front_desk: frozenset({ConsentChannel.front_desk, ConsentChannel.paper}),
+    RecorderRole.dpo: frozenset({ConsentChannel.request}),
+}
 
 
 def age_on(born: date, day: date) -> int:
@@ -77,8 +82,8 @@ class ConsentService:
         problems = _request_problems(request, recorder)
         if problems:
             raise ValidationError(problems)
-        notice = self._notice_for(conn, request, now) if request.decision is ConsentDecision.granted else None
         self._check_guardian(conn, member_id, request, now)
+        notice = self._notice_for(conn, request, now) if request.decision is ConsentDecision.granted else None
         evidence = None
         if request.evidence is not None:
             evidence = self._cipher(member_id, key_version).encrypt(request.evidence.encode(), FieldContext(TABLE, consent_id, "evidence"))
@@ -105,15 +110,17 @@ class ConsentService:
         named = next((n for n in versions if n.version == request.notice_version), None)
         if named is None:
             raise ValidationError({"notice_version": "unknown"})
+        if request.notice_hash is not None and request.notice_hash != named.notice_hash:
+            raise ValidationError({"notice_hash": "mismatch"})
         current = self.notices.current_of(versions, now)
         if current is None or named.version != current.version:
             shown = "none is in effect" if current is None else f"the current version is {current.version} (hash {current.notice_hash})"
             raise ConflictError(f"version {named.version} of the {request.purpose.value} notice is not current; {shown}")
-        if request.notice_hash is not None and request.notice_hash != named.notice_hash:
-            raise ValidationError({"notice_hash": "mismatch"})
         return named
 
     def _check_guardian(self, conn: Connection, member_id: str, request: ConsentRequest, now: datetime) -> None:
+        if request.decision is ConsentDecision.withdrawn and request.given_by is GivenBy.member:
+            return  # a member's own withdrawal always counts, whatever their age: nothing to decrypt
         born = self._members.read(conn, member_id, (dm.Category.identity,)).values[dm.Category.identity].get("date_of_birth")
         age = age_on(born, now.date()) if isinstance(born, date) else None
         if request.given_by is GivenBy.guardian and (age is None or age >= GUARDIAN_AGE):
@@ -194,6 +201,8 @@ def _request_problems(request: ConsentRequest, recorder: Recorder) -> dict[str, 
         problems["purpose"] = "not_consent_based"
     if request.channel not in _CHANNELS[recorder.role]:
         problems["channel"] = "not_for_recorder"
+    if recorder.role is RecorderRole.dpo and request.decision is ConsentDecision.granted:
+        problems["decision"] = "not_for_recorder"  # the dpo withdraws (carrying out an objection), never grants
     if request.evidence is None and request.channel is not ConsentChannel.app:
         problems["evidence"] = "required"
     if request.evidence is not None and not EVIDENCE_PATTERN.fullmatch(request.evidence):

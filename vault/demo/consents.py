@@ -78,7 +78,7 @@ _STORIES: dict[Purpose, tuple[float, float, tuple[int, int, int]]] = {
     Purpose.cross_border_transfer: (0.04, 0.2, (50, 25, 25)),
 }
 _RENEWAL_CHANCE = 0.45  # a version 1 marketing grant re-granted on the material version
-_CHANNELS = (ConsentChannel.app, ConsentChannel.front_desk, ConsentChannel.paper)
+DEMO_CHANNELS = (ConsentChannel.app, ConsentChannel.front_desk, ConsentChannel.paper)  # what the demo records (no data-request withdrawals)
 _EVIDENCE_PREFIX = {ConsentChannel.front_desk: "scan:fd", ConsentChannel.paper: "form:pc"}
 
 
@@ -218,7 +218,7 @@ def _plan(rng: random.Random, since: datetime, now: datetime, renewal: datetime 
     plan: list[_Planned] = []
     for purpose, (p_grant, p_withdraw, weights) in _STORIES.items():
         grant_roll, renew_roll, withdraw_roll, desk_roll, renew_at, withdraw_at = (rng.random() for _ in range(6))
-        channel, desk_channel = rng.choices(_CHANNELS, weights=weights, k=2)
+        channel, desk_channel = rng.choices(DEMO_CHANNELS, weights=weights, k=2)
         granted = _at(since, now, rng.random() ** (2 if purpose is Purpose.health_data else 1))  # health consent comes early, at a first visit
         if grant_roll >= p_grant:
             continue

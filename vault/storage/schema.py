@@ -28,6 +28,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
@@ -263,11 +265,58 @@ consent_events = Table(
     Column("request_id", String(64), nullable=False),
     _ts("recorded_at"),
     CheckConstraint("decision IN ('granted', 'withdrawn')", name="decision"),
-    CheckConstraint("channel IN ('app', 'front_desk', 'paper')", name="channel"),
+    CheckConstraint("channel IN ('app', 'front_desk', 'paper', 'request')", name="channel"),
     CheckConstraint("given_by IN ('member', 'guardian')", name="given_by"),
     CheckConstraint("decision = 'withdrawn' OR (notice_version IS NOT NULL AND notice_hash IS NOT NULL)", name="grant_names_notice"),
     CheckConstraint("channel = 'app' OR evidence IS NOT NULL", name="evidence_off_app"),
     Index(None, "member_id", "purpose", "seq"),
+)
+
+# -- data-subject requests: the request (its status moves) and its append-only steps --------------------------
+
+_OPEN_STATUSES = "status IN ('received', 'verified', 'in_progress')"
+
+data_requests = Table(
+    "data_requests",
+    metadata,
+    Column("dsr_id", String(ID_LENGTH), primary_key=True),
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("jurisdiction", String(16), nullable=False),
+    Column("filed_by", String(256), nullable=False),
+    Column("filed_role", String(16), nullable=False),
+    # Encrypted under the member's data key: a rectification's changes or an objection's purposes (JSON), the front desk's evidence reference.
+    Column("details", Ciphertext(), nullable=True),
+    Column("evidence", Ciphertext(), nullable=True),
+    _ts("received_at"),
+    _ts("due_at"),
+    _ts("updated_at"),
+    _ts("closed_at", nullable=True),
+    CheckConstraint("type IN ('access', 'portability', 'rectification', 'erasure', 'restriction', 'objection')", name="type"),
+    CheckConstraint("status IN ('received', 'verified', 'in_progress', 'completed', 'rejected', 'lifted')", name="status"),
+    CheckConstraint("filed_role IN ('member', 'front_desk')", name="filed_role"),
+    CheckConstraint("filed_role = 'member' OR evidence IS NOT NULL", name="evidence_off_app"),
+    Index(None, "status", "due_at"),
+    Index(None, "member_id", "type"),
+    # At most one open request per member and type, whatever races.
+    Index("uq_data_requests_open_type", "member_id", "type", unique=True, sqlite_where=text(_OPEN_STATUSES), postgresql_where=text(_OPEN_STATUSES)),
+)
+
+data_request_steps = Table(
+    "data_request_steps",
+    metadata,
+    Column("step_id", String(ID_LENGTH), primary_key=True),
+    Column("dsr_id", String(ID_LENGTH), ForeignKey("data_requests.dsr_id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("from_status", String(16), nullable=True),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("actor_role", String(32), nullable=False),
+    Column("reason_code", String(40), nullable=False),
+    Column("note", Ciphertext(), nullable=True),  # encrypted under the member's data key; never in an audit event
+    _ts("at"),
+    UniqueConstraint("dsr_id", "seq"),
 )
 
 __all__ = [
@@ -277,6 +326,8 @@ __all__ = [
     "clients",
     "consent_events",
     "consent_notices",
+    "data_request_steps",
+    "data_requests",
     "erasures",
     "field_history",
     "idempotency_keys",

@@ -135,7 +135,7 @@ def upgrade() -> None:
     sa.Column('request_id', sa.String(length=64), nullable=False),
     sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("channel = 'app' OR evidence IS NOT NULL", name=op.f('ck_consent_events_evidence_off_app')),
-    sa.CheckConstraint("channel IN ('app', 'front_desk', 'paper')", name=op.f('ck_consent_events_channel')),
+    sa.CheckConstraint("channel IN ('app', 'front_desk', 'paper', 'request')", name=op.f('ck_consent_events_channel')),
     sa.CheckConstraint("decision = 'withdrawn' OR (notice_version IS NOT NULL AND notice_hash IS NOT NULL)", name=op.f('ck_consent_events_grant_names_notice')),
     sa.CheckConstraint("decision IN ('granted', 'withdrawn')", name=op.f('ck_consent_events_decision')),
     sa.CheckConstraint("given_by IN ('member', 'guardian')", name=op.f('ck_consent_events_given_by')),

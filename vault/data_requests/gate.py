@@ -1,0 +1,125 @@
+"""The one way to data-subject requests: decision checked, one audit event per call, the workflow's effects.
+
+* ``file`` records a request for a member (the member, or the front desk on
+  the member's behalf); the event is ``file_request`` with the type in
+  ``fields``.
+* ``transition`` moves a request one step (the dpo); the event is
+  ``transition_request`` with the new status in ``fields``. Completing a
+  request carries it out in the same transaction, so the step, its effect
+  and the event commit together or not at all:
+
+  - ``rectification``: the requested changes go through the members'
+    validated write path (``MemberRepository.update``: validation, field
+    history, blind index) — the only way the dpo writes member data;
+  - ``objection``: each named purpose is withdrawn (a consent event on
+    channel ``request``, evidence ``dsr:<id>``, recorded by the dpo);
+  - ``restriction``: nothing to write — the member is restricted while the
+    request stays ``completed`` (``DataRequestService.is_restricted``);
+  - ``access``, ``portability``, ``erasure``: not available yet (the export
+    archive and the erasure certificate come next); completing one is a
+    ``ConflictError`` and changes nothing.
+* ``read`` and ``queue`` read through ``Gatekeeper.perform_read``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from vault.access import Access, Gatekeeper, Refusal, Target
+from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, ConsentService, Recorder, RecorderRole
+from vault.data_requests.model import DataRequest, ReasonCode, RequestType, Status
+from vault.data_requests.service import DataRequestService, Filer, Filing, objection_purposes, rectification_changes
+from vault.errors import ConflictError, ValidationError
+from vault.ids import new_id
+from vault.members.gate import MemberBody
+from vault.members.repository import MemberRepository
+
+RESOURCE = "data_request"
+NOT_YET = frozenset({RequestType.access, RequestType.portability, RequestType.erasure})
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A transition as the dpo asked for it."""
+
+    to: Status
+    reason: ReasonCode | None = None
+    note: str | None = None
+
+
+class DataRequestGate:
+    def __init__(self, service: DataRequestService, members: MemberRepository, consent: ConsentService, gatekeeper: Gatekeeper) -> None:
+        self.service = service
+        self._members = members
+        self._consent = consent
+        self._gk = gatekeeper
+
+    def file(
+        self, conn: Connection, access: Access, *, allowed: bool, member_id: str, filing: Filing | None, filer: Filer, problems: Mapping[str, str] | None = None
+    ) -> DataRequest | Refusal:
+        dsr_id = new_id()
+        target = Target("file_request", RESOURCE, dsr_id, member_id, () if filing is None else (filing.type.value,))
+
+        def run() -> DataRequest:
+            if filing is None:
+                self.service.live_key_version(conn, member_id)
+                raise ValidationError(problems or {"body": "invalid"})
+            return self.service.file(conn, member_id, filing, filer, dsr_id=dsr_id, now=access.now)
+
+        return self._gk.perform(conn, access, target, allowed, run)
+
+    def transition(
+        self,
+        conn: Connection,
+        access: Access,
+        *,
+        allowed: bool,
+        dsr_id: str,
+        member_id: str | None,
+        move: Move | None,
+        problems: Mapping[str, str] | None = None,
+    ) -> DataRequest | Refusal:
+        target = Target("transition_request", RESOURCE, dsr_id, member_id, () if move is None else (move.to.value,))
+
+        def run() -> DataRequest:
+            if move is None:
+                self.service.get(conn, dsr_id, decrypt=False)
+                raise ValidationError(problems or {"body": "invalid"})
+            moved = self.service.transition(
+                conn, dsr_id, move.to, actor=access.actor.subject, actor_role="dpo", reason=move.reason, note=move.note, now=access.now
+            )
+            if move.to is Status.completed:
+                self._carry_out(conn, access, moved)
+            return moved
+
+        return self._gk.perform(conn, access, target, allowed, run)
+
+    def _carry_out(self, conn: Connection, access: Access, request: DataRequest) -> None:
+        if request.type in NOT_YET:
+            raise ConflictError(f"completing a {request.type.value} request is not available yet; it stays in progress")
+        if request.type is RequestType.rectification:
+            body = MemberBody.parse(rectification_changes(request))
+            self._members.update(conn, request.member_id, body.valid_values())
+        elif request.type is RequestType.objection:
+            recorder = Recorder(access.actor.subject, RecorderRole.dpo)
+            for purpose in objection_purposes(request):
+                withdrawal = ConsentRequest(purpose, ConsentDecision.withdrawn, ConsentChannel.request, evidence=f"dsr:{request.dsr_id}")
+                self._consent.record(conn, request.member_id, withdrawal, recorder, consent_id=new_id(), request_id=access.request_id, now=access.now)
+
+    def read(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None, decrypt: bool) -> DataRequest | Refusal:
+        target = Target("read", RESOURCE, dsr_id, member_id, ())
+        return self._gk.perform_read(conn, access, target, allowed, lambda: self.service.get(conn, dsr_id, decrypt=decrypt))
+
+    def queue(
+        self, conn: Connection, access: Access, *, allowed: bool, status: Status | None, overdue: bool | None, after: str | None, limit: int
+    ) -> list[DataRequest] | Refusal:
+        target = Target("list", RESOURCE, None, None, ())
+        return self._gk.perform_read(
+            conn, access, target, allowed, lambda: self.service.queue(conn, status=status, overdue=overdue, now=access.now, after=after, limit=limit)
+        )
+
+
+__all__ = ["NOT_YET", "RESOURCE", "DataRequestGate", "Move"]
