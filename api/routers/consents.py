@@ -12,6 +12,7 @@ nothing new.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated
 
@@ -25,7 +26,7 @@ from api.caller import Caller
 from api.decisions import operation_access
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, model_or_problems
 from api.idempotency import StoredResponse, replay_if_retry
-from api.responses import json_response, refuse
+from api.responses import RESTRICTED_REASON, json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.consent import ConsentEventOut, ConsentOverviewOut, ConsentRecordIn
 from api.services import Services
@@ -204,7 +205,12 @@ def _decide(
     services: Services, conn: Connection, caller: Caller, purpose: Purpose, member_id: str, action: str, *, request_id: str, now: datetime
 ) -> tuple[Access, bool]:
     domain = relation(conn, caller, member_id, break_glass=False)
-    return operation_access(services, conn, caller, OBJECT, action, request_id=request_id, now=now, purpose=purpose, domain=domain)
+    access, allowed = operation_access(services, conn, caller, OBJECT, action, request_id=request_id, now=now, purpose=purpose, domain=domain)
+    restricted = action == "read" and domain != "self" and purpose is not Purpose.legal_claims
+    if allowed and restricted and services.requests.service.is_restricted(conn, member_id):
+        # A restricted member's consent is stored but not read by staff; recording a withdrawal on their behalf stays possible.
+        return dataclasses.replace(access, reason=RESTRICTED_REASON), False
+    return access, allowed
 
 
 SCHEMAS = (ConsentRecordIn, ConsentEventOut, ConsentOverviewOut)

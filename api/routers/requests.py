@@ -12,7 +12,7 @@ a real one it may not see.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -86,21 +86,29 @@ def file_request(
             id_field="dsr_id",
             member_id=member_id,
         )
-        if isinstance(prior, StoredResponse):
-            filed: DataRequest | Refusal = services.requests.service.get(conn, str(prior.body["dsr_id"]), decrypt=False)
-        elif prior is not None:
-            filed = prior
+        if prior is not None:
+            answer: StoredResponse | Refusal = prior
         else:
             filing = None if body is None else Filing(body.type, body.details, body.evidence, body.jurisdiction)
             filed = services.requests.file(
                 conn, access, allowed=allowed, member_id=member_id, filing=filing, filer=filer or Filer(caller.subject, FiledBy.member), problems=problems
             )
-            if not isinstance(filed, Refusal) and idempotency_key is not None:
-                services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=StoredResponse(201, {"dsr_id": filed.dsr_id}), now=now)
-    if isinstance(filed, Refusal):
-        refuse(filed, access)
-    answer = {"dsr_id": filed.dsr_id, "status": filed.status.value, "due_at": filed.due_at}
-    return json_response(answer, status_code=201, headers={"Location": f"/v1/requests/{filed.dsr_id}"})
+            # The first answer itself is kept (an id, a status and a time: no personal value), so a retry gets it again
+            # even after the request has moved on.
+            answer = (
+                filed
+                if isinstance(filed, Refusal)
+                else StoredResponse(201, {"dsr_id": filed.dsr_id, "status": filed.status.value, "due_at": _rfc3339(filed.due_at)})
+            )
+            if isinstance(answer, StoredResponse) and idempotency_key is not None:
+                services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=answer, now=now)
+    if isinstance(answer, Refusal):
+        refuse(answer, access)
+    return json_response(answer.body, status_code=answer.status_code, headers={"Location": f"/v1/requests/{answer.body['dsr_id']}"})
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @router.get(

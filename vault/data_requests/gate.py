@@ -99,7 +99,7 @@ class DataRequestGate:
 
     def _carry_out(self, conn: Connection, access: Access, request: DataRequest) -> None:
         if request.type in NOT_YET:
-            raise ConflictError(f"completing a {request.type.value} request is not available yet; it stays in progress")
+            raise ConflictError(f"completing this {request.type.value} request is not available yet; it stays in progress")
         if request.type is RequestType.rectification:
             body = MemberBody.parse(rectification_changes(request))
             self._members.update(conn, request.member_id, body.valid_values())

@@ -127,10 +127,12 @@ class DataRequestService:
         self, conn: Connection, dsr_id: str, to: Status, *, actor: str, actor_role: str, reason: ReasonCode | None, note: str | None, now: datetime
     ) -> DataRequest:
         """Move a request one step; ``ConflictError`` for a step the workflow does not have (nothing changes)."""
-        found = self.get(conn, dsr_id)
+        found = self.get(conn, dsr_id, decrypt=False)
         if note is not None and (not note.strip() or len(note) > MAX_NOTE_LENGTH or _CONTROL.search(note)):
             raise ValidationError({"note": "invalid"})
         recorded = check_transition(found.type, found.status, to, reason)
+        # The key before the first write: an erased member's request is refused with nothing written.
+        cipher = self._cipher(found.member_id, self.live_key_version(conn, found.member_id))
         t = data_requests
         closed = now if to in {Status.completed, Status.rejected, Status.lifted} else None
         values: dict[str, object] = {"status": to.value, "updated_at": now}
@@ -139,7 +141,6 @@ class DataRequestService:
         moved = conn.execute(update(t).where(t.c.dsr_id == dsr_id, t.c.status == found.status.value).values(**values)).rowcount
         if moved != 1:
             raise ConflictError(f"request {dsr_id} was moved by someone else; read it again")
-        cipher = self._cipher(found.member_id, self.live_key_version(conn, found.member_id))
         self._step(conn, cipher, dsr_id, Step(len(found.steps) + 1, found.status, to, actor, actor_role, recorded, now, note))
         return self.get(conn, dsr_id)
 
@@ -266,6 +267,8 @@ def _open(keyset: MemberKeySet, table: str, record_id: str, field: str, sealed: 
     if sealed is None:
         return None
     raw = bytes(sealed)
+    if not any(scope == DATA_SCOPE for scope, _ in keyset.ciphers):
+        raise MemberErasedError(f"member {keyset.owner_id} has no live data key")  # erased: the key is gone, not a tampered record
     try:
         _, version = read_header(raw)
         return keyset.get(DATA_SCOPE, version).decrypt(raw, FieldContext(table, record_id, field)).decode()

@@ -41,7 +41,7 @@ _PERIOD = re.compile(r"P(?:([1-9][0-9]?)M|([1-9][0-9]{0,2})D)")
 def check_transition(kind: RequestType, current: Status, to: Status, reason: ReasonCode | None) -> ReasonCode:
     """The reason the step records; ``ConflictError`` for a transition the workflow does not have."""
     if to not in TRANSITIONS.get(current, frozenset()) or (to is Status.lifted and kind is not RequestType.restriction):
-        raise ConflictError(f"a {kind.value} request cannot go from {current.value} to {to.value}")
+        raise ConflictError(f"this {kind.value} request cannot go from {current.value} to {to.value}")
     if to is Status.rejected:
         if reason is None:
             raise ValidationError({"reason_code": "required"})

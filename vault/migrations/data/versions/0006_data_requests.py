@@ -26,9 +26,17 @@ depends_on = None
 MESSAGE = 'data-subject request history is append-only'
 OPEN = "status IN ('received', 'verified', 'in_progress')"
 # (table, operations refused by trigger, rights revoked from every role but the owner, no-replace key)
+# The no-replace key covers every unique key of the table: INSERT OR REPLACE through any of them would delete a row.
+OPEN_STATUSES = "('received', 'verified', 'in_progress')"
 RULES = (
-    ('data_request_steps', ('UPDATE', 'DELETE'), ('UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'), 'step_id = NEW.step_id'),
-    ('data_requests', ('DELETE',), ('DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'), 'dsr_id = NEW.dsr_id'),
+    (
+        'data_request_steps', ('UPDATE', 'DELETE'), ('UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'),
+        'step_id = NEW.step_id OR (dsr_id = NEW.dsr_id AND seq = NEW.seq)',
+    ),
+    (
+        'data_requests', ('DELETE',), ('DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'),
+        f'dsr_id = NEW.dsr_id OR (NEW.status IN {OPEN_STATUSES} AND member_id = NEW.member_id AND type = NEW.type AND status IN {OPEN_STATUSES})',
+    ),
 )
 
 
