@@ -6,8 +6,9 @@ failure — so the app starts and answers ``/healthz`` with the database or
 the key provider down, and a data route answers 503 instead of hanging.
 
 ``AuditPump`` is each process's background thread that sequences journal
-entries into the tree and signs a checkpoint when one is due; the
-sequencer's database lock keeps several processes from racing.
+entries into the tree and signs a checkpoint when one is due (the
+sequencer's database lock keeps several processes from racing), and finishes
+any erasure a crash interrupted after its request was completed.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def build(settings: Settings) -> Services:
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
-            requests=DataRequestGate(DataRequestService(runtime.keys, periods=settings.dsr_due_periods), runtime.members, consent, gatekeeper),
+            requests=DataRequestGate(DataRequestService(runtime.keys, periods=settings.dsr_due_periods), runtime.members, consent, runtime.ledger, gatekeeper),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
         with write_transaction(runtime.data_engine) as conn:
@@ -169,13 +170,23 @@ class AuditPump:
                 continue
             try:
                 self.pump(services)
-            except (AuditError, KeysError, SQLAlchemyError) as exc:
+            except (AuditError, KeysError, VaultError, SQLAlchemyError) as exc:
                 log.warning("audit.pump_failed", error=type(exc).__name__.lower())
 
     @staticmethod
     def pump(services: Services) -> None:
         Sequencer(services.runtime.data_engine).run_until_idle()
         make_checkpointer(services.settings, services.runtime.data_engine, services.runtime.signing).maybe_make()
+        finish_erasures(services)
 
 
-__all__ = ["AuditPump", "ServiceHolder", "Services", "build"]
+def finish_erasures(services: Services) -> int:
+    """Crypto-shred the members of completed erasure requests whose shredding did not finish (idempotent); how many."""
+    with services.runtime.data_engine.connect() as conn:
+        unfinished = services.requests.service.unfinished_erasures(conn)
+    for member_id in unfinished:
+        services.runtime.eraser.erase(member_id)
+    return len(unfinished)
+
+
+__all__ = ["AuditPump", "ServiceHolder", "Services", "build", "finish_erasures"]

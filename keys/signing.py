@@ -59,6 +59,7 @@ class SigningPurpose(StrEnum):
     audit = "audit"
     jwt = "jwt"
     receipts = "receipts"
+    certificates = "certificates"  # erasure certificates (and later export manifests)
     dev_jwt = "dev-jwt"  # the development issuer (member-vault-dev); never trusted in production
 
 

@@ -7,7 +7,9 @@ Routes reach treatments only through ``TreatmentGate``; every method but
   event names the fields given. The member must exist (404) before its
   values are validated (422); nothing is written otherwise.
 * ``page`` and ``read`` decrypt only when ``treatment`` is in
-  ``access.readable``. ``read`` answers the treatment of ``member_id`` only:
+  ``access.readable``. ``page`` for the purpose ``legal_claims`` (the dpo's)
+  reads on the retention path, so records held after an erasure stay
+  readable there and nowhere else. ``read`` answers the treatment of ``member_id`` only:
   the edge decides on the member a treatment belongs to (``owner``), and a
   treatment that does not exist is ``not_found`` for a caller allowed to
   look, after a decision that does not depend on it.
@@ -27,6 +29,7 @@ from vault.access import Access, Gatekeeper, Refusal, Target, category_names
 from vault.errors import NotFoundError
 from vault.ids import TreatmentId, new_id
 from vault.members import MemberRepository
+from vault.purposes import Purpose
 from vault.storage.schema import treatments
 from vault.treatments import Treatment, TreatmentRepository
 
@@ -72,7 +75,9 @@ class TreatmentGate:
         target = Target("list", RESOURCE, None, member_id, category_names(access.readable))
 
         def page() -> TreatmentPage:
-            every = self._repo.list_for_member(conn, member_id)
+            # Legal claims read on the retention path: held records stay readable after the member's erasure.
+            legal = access.purpose == Purpose.legal_claims.value
+            every = self._repo.list_retained(conn, member_id) if legal else self._repo.list_for_member(conn, member_id)
             start = 0 if after is None else next((i + 1 for i, t in enumerate(every) if t.treatment_id == after), len(every))
             return TreatmentPage(every[start : start + limit], start + limit < len(every))
 

@@ -29,8 +29,8 @@ issuer (``VAULT_ISSUER``) with its current ``jwt`` key: ``sub`` and
 ``client_id`` the client, its roles and clinics, valid 15 minutes. It is
 handed out only once its event is committed.
 
-``GET /.well-known/jwks.json`` lists the public keys of the vault's ``jwt``
-and ``receipts`` signing purposes — current keys and those still in their
+``GET /.well-known/jwks.json`` lists the public keys of the vault's ``jwt``,
+``receipts`` and ``certificates`` signing purposes — current keys and those still in their
 rotation overlap — as RFC 8037 OKP keys with ``kid``, ``alg`` and ``use``.
 """
 
@@ -68,7 +68,7 @@ GRANT_TYPE = "client_credentials"
 TOKEN_TTL = timedelta(minutes=15)
 MAX_FORM_FIELDS = 16
 JWKS_MAX_AGE_SECONDS = 300
-JWKS_PURPOSES = (SigningPurpose.jwt, SigningPurpose.receipts)
+JWKS_PURPOSES = (SigningPurpose.jwt, SigningPurpose.receipts, SigningPurpose.certificates)
 BASIC_CHALLENGE = 'Basic realm="member-vault", charset="UTF-8"'
 ErrorCode = Literal["invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"]
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from api import problems as p
 from api.authz import relation
@@ -28,15 +30,20 @@ from api.idempotency import StoredResponse, replay_if_retry
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
-from api.schemas.requests import RequestFile, RequestFiled, RequestOut, RequestPage, TransitionIn
+from api.schemas.requests import ErasureCertificate, RequestFile, RequestFiled, RequestOut, RequestPage, TransitionIn
 from api.services import Services
+from keys.errors import KeysError
+from keys.signing import SigningPurpose
 from vault.access import Access, Refusal
-from vault.data_requests import DataRequest, FiledBy, Filer, Filing, Move, Status
+from vault.data_requests import DataRequest, FiledBy, Filer, Filing, Move, RequestType, Status
+from vault.data_requests.certificate import sign_certificate
 from vault.data_requests.gate import RESOURCE
+from vault.errors import VaultError
 from vault.purposes import Purpose
 from vault.roles import Role
 
 router = APIRouter(tags=["data requests"])
+log = structlog.get_logger("api.requests")
 DsrIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="opaque data-subject request id")]
 
 
@@ -179,7 +186,43 @@ def transition_request(
         moved = services.requests.transition(conn, access, allowed=allowed, dsr_id=dsr_id, member_id=owner, move=move, problems=problems)
     if isinstance(moved, Refusal):
         refuse(moved, access)
-    return json_response(_full(moved, now))
+    if moved.type is RequestType.erasure and moved.status is Status.completed:
+        _shred(services, moved.member_id)
+    return json_response(_full(moved, now), headers=_certificate_link(moved))
+
+
+def _shred(services: Services, member_id: str) -> None:
+    """Crypto-shred after the completion committed (its step and audit event come first); a failure is finished by the pump."""
+    try:
+        services.runtime.eraser.erase(member_id)
+    except (VaultError, KeysError, SQLAlchemyError) as exc:
+        log.warning("erasure.deferred", member_id=member_id, error=type(exc).__name__.lower())
+
+
+def _certificate_link(r: DataRequest) -> dict[str, str]:
+    return (
+        {"Link": f'</v1/requests/{r.dsr_id}/certificate>; rel="erasure-certificate"'} if r.type is RequestType.erasure and r.status is Status.completed else {}
+    )
+
+
+@router.get(
+    "/v1/requests/{dsr_id}/certificate",
+    summary="The signed erasure certificate of a completed erasure request (the member, the dpo)",
+    response_model=None,
+    responses={200: {"model": ErasureCertificate}, **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.UNAVAILABLE)},
+)
+def erasure_certificate(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
+    with services.reading() as conn:
+        owner = services.requests.service.owner(conn, dsr_id)
+        domain = relation(conn, caller, owner or "", break_glass=False)
+        access, allowed = operation_access(services, conn, caller, "requests:records", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)
+        facts = services.requests.certificate(conn, access, allowed=allowed, dsr_id=dsr_id, member_id=owner)
+    if isinstance(facts, Refusal):
+        refuse(facts, access)
+    settings = services.settings
+    key = services.runtime.signing.current(SigningPurpose.certificates)
+    signed = sign_certificate(key, facts, issuer=settings.issuer, controller=settings.controller_name, backup_days=settings.keystore_backup_days)
+    return json_response({"dsr_id": dsr_id, "certificate": signed})
 
 
 def _decide_transition(
@@ -221,6 +264,6 @@ def _full(r: DataRequest, now: datetime) -> dict[str, object]:
     return _summary(r, now) | {"filed_by": r.filed_by, "details": r.details, "evidence": r.evidence, "steps": steps}
 
 
-SCHEMAS = (RequestFile, RequestFiled, TransitionIn, RequestOut, RequestPage)
+SCHEMAS = (RequestFile, RequestFiled, TransitionIn, RequestOut, RequestPage, ErasureCertificate)
 
 __all__ = ["SCHEMAS", "router"]

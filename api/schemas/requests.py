@@ -75,9 +75,14 @@ class RequestOut(RequestSummary):
     steps: list[StepOut]
 
 
+class ErasureCertificate(BaseModel):
+    dsr_id: DsrId
+    certificate: str = Field(description="compact JWS, typ erasure-certificate+jwt, signed by the vault (key in /.well-known/jwks.json)")
+
+
 class RequestPage(BaseModel):
     items: list[RequestSummary]
     next_cursor: str | None
 
 
-__all__ = ["RequestFile", "RequestFiled", "RequestOut", "RequestPage", "RequestSummary", "StepOut", "TransitionIn"]
+__all__ = ["ErasureCertificate", "RequestFile", "RequestFiled", "RequestOut", "RequestPage", "RequestSummary", "StepOut", "TransitionIn"]

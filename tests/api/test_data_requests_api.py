@@ -8,8 +8,9 @@ rejection needs a rejection reason; every step shows in ``GET`` with its
 actor, reason code and time; the member and the dpo (stating a purpose) see
 details, evidence and notes, the compliance officer (no purpose) sees the
 metadata and the steps only; a member reaches neither another member's
-requests nor a made-up one, with the same 403; completing an access,
-portability or erasure request is 409 "not available yet" for now. Every
+requests nor a made-up one, with the same 403; completing an access or a
+portability request is 409 "not available yet" for now (erasure:
+test_erasure_request.py). Every
 request that reaches a decision journals exactly one event, naming the type
 or the target status, never a note, a detail or the evidence; one refused
 before it (401, 400) journals none. Every answer is ``Cache-Control: no-store``.
@@ -389,8 +390,8 @@ def test_a_rejection_needs_a_rejection_reason_and_closes_the_request(vault: Vaul
     assert {e["member_id"] for e in events_since(vault, before)} == {m.member_id}
 
 
-def test_completing_an_access_portability_or_erasure_request_is_409_not_available_yet_and_it_stays_in_progress(vault: Vault, clock: Clock) -> None:
-    kinds = ("access", "portability", "erasure")
+def test_completing_an_access_or_portability_request_is_409_not_available_yet_and_it_stays_in_progress(vault: Vault, clock: Clock) -> None:
+    kinds = ("access", "portability")
     ids = {kind: filed(vault, 2, kind) for kind in kinds}
     for dsr_id in ids.values():
         walk(vault, dsr_id, "verified", "in_progress")

@@ -72,7 +72,7 @@ def consent(runtime: Runtime) -> ConsentService:
 
 @pytest.fixture
 def gate(runtime: Runtime, service: DataRequestService, consent: ConsentService) -> DataRequestGate:
-    return DataRequestGate(service, runtime.members, consent, Gatekeeper(AuditJournal()))
+    return DataRequestGate(service, runtime.members, consent, runtime.ledger, Gatekeeper(AuditJournal()))
 
 
 _numbers = itertools.count(1)
@@ -697,11 +697,11 @@ def test_completing_a_restriction_restricts_the_member_until_it_is_lifted(
     _event_is(journal.one_new()[0], "transition_request", filed, ["lifted"], "conflict")
 
 
-def test_completing_an_access_portability_or_erasure_request_is_not_available_yet_and_changes_nothing(
+def test_completing_an_access_or_portability_request_is_not_available_yet_and_changes_nothing(
     runtime: Runtime, service: DataRequestService, gate: DataRequestGate, journal: Journal
 ) -> None:
     member_id = _member(runtime)
-    for kind in (RequestType.access, RequestType.portability, RequestType.erasure):
+    for kind in (RequestType.access, RequestType.portability):
         filed = _gate_file(runtime, gate, member_id, Filing(kind))
         assert isinstance(filed, DataRequest)
         journal.one_new()

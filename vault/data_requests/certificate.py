@@ -21,7 +21,6 @@ No personal value appears: table and field names, ids, years and codes only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -115,8 +114,4 @@ def sign_certificate(key: SigningKey, facts: ErasureFacts, *, issuer: str, contr
     return jwt.encode(claims, key.private_key, algorithm="EdDSA", headers={"typ": CERTIFICATE_TYPE, "kid": key.key_id})
 
 
-def held_years(years: Sequence[int]) -> tuple[int, ...]:
-    return tuple(sorted(set(years)))
-
-
-__all__ = ["CERTIFICATE_TYPE", "CERTIFICATE_VERSION", "ErasureFacts", "certificate_claims", "held_years", "sign_certificate"]
+__all__ = ["CERTIFICATE_TYPE", "CERTIFICATE_VERSION", "ErasureFacts", "certificate_claims", "sign_certificate"]

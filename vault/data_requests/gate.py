@@ -15,9 +15,13 @@
     channel ``request``, evidence ``dsr:<id>``, recorded by the dpo);
   - ``restriction``: nothing to write — the member is restricted while the
     request stays ``completed`` (``DataRequestService.is_restricted``);
-  - ``access``, ``portability``, ``erasure``: not available yet (the export
-    archive and the erasure certificate come next); completing one is a
-    ``ConflictError`` and changes nothing.
+  - ``erasure``: a positive card balance is settled first — a ``refund``
+    ledger entry, whose id the request keeps — never silently destroyed; the
+    crypto-shredding itself (``vault.erasure.Eraser``) runs after this
+    transaction commits, so the step and its audit event come first, and an
+    erasure interrupted after it is resumed (``unfinished_erasures``);
+  - ``access``, ``portability``: not available yet (the export archive comes
+    next); completing one is a ``ConflictError`` and changes nothing.
 * ``read`` and ``queue`` read through ``Gatekeeper.perform_read``.
 """
 
@@ -30,15 +34,17 @@ from sqlalchemy import Connection
 
 from vault.access import Access, Gatekeeper, Refusal, Target
 from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, ConsentService, Recorder, RecorderRole
+from vault.data_requests.certificate import ErasureFacts
 from vault.data_requests.model import DataRequest, ReasonCode, RequestType, Status
 from vault.data_requests.service import DataRequestService, Filer, Filing, objection_purposes, rectification_changes
 from vault.errors import ConflictError, ValidationError
 from vault.ids import new_id
+from vault.ledger import Ledger
 from vault.members.gate import MemberBody
 from vault.members.repository import MemberRepository
 
 RESOURCE = "data_request"
-NOT_YET = frozenset({RequestType.access, RequestType.portability, RequestType.erasure})
+NOT_YET = frozenset({RequestType.access, RequestType.portability})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +57,10 @@ class Move:
 
 
 class DataRequestGate:
-    def __init__(self, service: DataRequestService, members: MemberRepository, consent: ConsentService, gatekeeper: Gatekeeper) -> None:
+    def __init__(self, service: DataRequestService, members: MemberRepository, consent: ConsentService, ledger: Ledger, gatekeeper: Gatekeeper) -> None:
         self.service = service
         self._members = members
+        self._ledger = ledger
         self._consent = consent
         self._gk = gatekeeper
 
@@ -103,11 +110,21 @@ class DataRequestGate:
         if request.type is RequestType.rectification:
             body = MemberBody.parse(rectification_changes(request))
             self._members.update(conn, request.member_id, body.valid_values())
+        elif request.type is RequestType.erasure:
+            balance = self._ledger.balance(conn, request.member_id)
+            if balance.amount > 0:
+                refund = self._ledger.append(conn, request.member_id, {"entry_type": "refund", "amount": balance.amount})
+                self.service.record_settlement(conn, request.dsr_id, refund.entry_id)
         elif request.type is RequestType.objection:
             recorder = Recorder(access.actor.subject, RecorderRole.dpo)
             for purpose in objection_purposes(request):
                 withdrawal = ConsentRequest(purpose, ConsentDecision.withdrawn, ConsentChannel.request, evidence=f"dsr:{request.dsr_id}")
                 self._consent.record(conn, request.member_id, withdrawal, recorder, consent_id=new_id(), request_id=access.request_id, now=access.now)
+
+    def certificate(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None) -> ErasureFacts | Refusal:
+        """What the erasure certificate of ``dsr_id`` states (the edge signs it); a request that is no finished erasure is a conflict."""
+        target = Target("read_certificate", RESOURCE, dsr_id, member_id, ())
+        return self._gk.perform_read(conn, access, target, allowed, lambda: self.service.erasure_facts(conn, dsr_id))
 
     def read(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None, decrypt: bool) -> DataRequest | Refusal:
         target = Target("read", RESOURCE, dsr_id, member_id, ())

@@ -33,13 +33,14 @@ from sqlalchemy.exc import IntegrityError
 from keys.errors import DecryptionError, KeyNotFoundError
 from keys.field_cipher import FieldCipher, FieldContext, read_header
 from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
+from vault.data_requests.certificate import ErasureFacts
 from vault.data_requests.model import OPEN, DataRequest, FiledBy, ReasonCode, RequestType, Status, Step
 from vault.data_requests.workflow import DEFAULT_JURISDICTION, check_transition, due_at
 from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError
 from vault.ids import new_id
 from vault.members.gate import MemberBody
 from vault.purposes import Purpose, consent_purposes
-from vault.storage.schema import data_request_steps, data_requests, members
+from vault.storage.schema import data_request_steps, data_requests, erasures, members, treatments
 
 REQUESTS_TABLE = "data_requests"
 STEPS_TABLE = "data_request_steps"
@@ -208,6 +209,31 @@ class DataRequestService:
         elif overdue is False:
             stmt = stmt.where(~is_overdue)
         return [_request(m, details=None, evidence=None, steps=()) for m in conn.execute(stmt).mappings()]
+
+    def record_settlement(self, conn: Connection, dsr_id: str, entry_id: str) -> None:
+        """Note the refund entry that settled the card balance of an erasure (an id, never an amount)."""
+        conn.execute(update(data_requests).where(data_requests.c.dsr_id == dsr_id).values(settlement_entry_id=entry_id))
+
+    def unfinished_erasures(self, conn: Connection) -> list[str]:
+        """Members whose erasure request is completed but whose crypto-shredding has not finished (a crash in between)."""
+        t = data_requests
+        done = select(erasures.c.member_id).where(erasures.c.step == "done")
+        stmt = select(t.c.member_id).where(t.c.type == RequestType.erasure.value, t.c.status == Status.completed.value, t.c.member_id.not_in(done))
+        return list(dict.fromkeys(conn.scalars(stmt)))
+
+    def erasure_facts(self, conn: Connection, dsr_id: str) -> ErasureFacts:
+        """What an erasure certificate states; ``ConflictError`` unless the request is a completed erasure that finished."""
+        t = data_requests
+        row = conn.execute(select(t.c.member_id, t.c.type, t.c.status, t.c.settlement_entry_id).where(t.c.dsr_id == dsr_id)).first()
+        if row is None:
+            raise NotFoundError(f"no request {dsr_id}")
+        if row.type != RequestType.erasure.value or row.status != Status.completed.value:
+            raise ConflictError("only a completed erasure request has a certificate")
+        finished = conn.execute(select(erasures.c.completed_at).where(erasures.c.member_id == row.member_id, erasures.c.step == "done")).scalar()
+        if finished is None:
+            raise ConflictError("the erasure is still running; ask again shortly")
+        years = conn.scalars(select(treatments.c.retention_year).where(treatments.c.member_id == row.member_id).distinct())
+        return ErasureFacts(dsr_id, str(row.member_id), finished, tuple(sorted(int(y) for y in years)), row.settlement_entry_id)
 
     def is_restricted(self, conn: Connection, member_id: str) -> bool:
         t = data_requests

@@ -289,6 +289,8 @@ data_requests = Table(
     # Encrypted under the member's data key: a rectification's changes or an objection's purposes (JSON), the front desk's evidence reference.
     Column("details", Ciphertext(), nullable=True),
     Column("evidence", Ciphertext(), nullable=True),
+    # An erasure's settlement: the refund ledger entry that paid back a positive card balance before shredding.
+    Column("settlement_entry_id", String(ID_LENGTH), nullable=True),
     _ts("received_at"),
     _ts("due_at"),
     _ts("updated_at"),

@@ -51,6 +51,7 @@ def upgrade() -> None:
     sa.Column('filed_role', sa.String(length=16), nullable=False),
     sa.Column('details', sa.LargeBinary(), nullable=True),
     sa.Column('evidence', sa.LargeBinary(), nullable=True),
+    sa.Column('settlement_entry_id', sa.String(length=32), nullable=True),
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('due_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
