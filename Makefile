@@ -41,6 +41,7 @@ bench: $(STAMP)
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.http
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.audit
+	$(BIN)/python -m tests.benchmarks.requests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
