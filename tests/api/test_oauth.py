@@ -279,14 +279,14 @@ def test_neither_the_secret_nor_the_token_reaches_the_operational_log(vault: Vau
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_the_jwks_lists_the_jwt_and_receipt_keys_as_public_okp_keys(vault: Vault) -> None:
+def test_the_jwks_lists_the_jwt_receipt_and_certificate_keys_as_public_okp_keys(vault: Vault) -> None:
     r = vault.client.get("/.well-known/jwks.json")
 
     assert r.status_code == 200
     assert r.headers["cache-control"] == "public, max-age=300"
     keys = r.json()["keys"]
     signing = vault.runtime.signing
-    expected = [signing.current(SigningPurpose.jwt).key_id, signing.current(SigningPurpose.receipts).key_id]
+    expected = [signing.current(p).key_id for p in (SigningPurpose.jwt, SigningPurpose.receipts, SigningPurpose.certificates)]
     assert [k["kid"] for k in keys] == expected
     for key in keys:
         assert set(key) == {"kty", "crv", "x", "kid", "alg", "use"}

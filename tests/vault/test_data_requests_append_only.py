@@ -55,7 +55,7 @@ REUSED_SEQ = (
 # A new request id but the same member and type while open: REPLACE would delete the open request through the partial unique index.
 REUSED_OPEN_TYPE = (
     "INSERT OR REPLACE INTO data_requests SELECT lower(hex(randomblob(16))), member_id, type, status, jurisdiction, filed_by, filed_role, "
-    "details, evidence, received_at, due_at, updated_at, closed_at FROM data_requests WHERE status = 'received'"
+    "details, evidence, settlement_entry_id, received_at, due_at, updated_at, closed_at FROM data_requests WHERE status = 'received'"
 )
 MOVE_STATUS = "UPDATE data_requests SET status = 'verified' WHERE status = 'received'"
 
