@@ -25,6 +25,7 @@ import pytest
 
 from api.deps import _now
 from tests.api.conftest import Vault
+from vault import data_map as dm
 
 PROBLEMS = "https://member-vault.example/problems/"
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"])
@@ -245,6 +246,35 @@ def test_the_front_desk_cannot_read_a_restricted_members_consents_for_care(vault
     assert problem(r, 403, "forbidden") == RESTRICTED
     (event,) = events_since(vault, before)
     assert (event["action"], event["resource_type"], event["decision"], event["reason_code"]) == ("read", "consent", "deny", "restricted")
+
+
+@SQLITE
+def test_staff_no_longer_find_or_check_in_a_restricted_member_but_the_member_finds_themselves(vault: Vault, clock: Clock) -> None:
+    """Search answers ids only, yet finding a member uses their data: a restriction hides them from staff until lifted."""
+    m = vault.members[0]
+    with vault.runtime.data_engine.connect() as conn:
+        phone = vault.runtime.members.read(conn, m.member_id, {dm.Category.contact}).values[dm.Category.contact]["phone"]
+    desk = staff(vault, "front_desk", 0)
+    assert ok(vault.client.post("/v1/members/search", json={"phone": phone}, headers=desk), 200) == {"results": [{"member_id": m.member_id}]}
+    dsr_id = file(vault, 0, {"type": "restriction"})
+    walk(vault, dsr_id, "verified", "in_progress", "completed")
+    other_desk = vault.headers(vault.token("front_desk", subject="desk-9", clinics=["zz-009"]), "care")
+    before = vault.journal_size()
+
+    hidden = vault.client.post("/v1/members/search", json={"phone": phone}, headers=desk)
+    own = vault.client.post("/v1/members/search", json={"phone": phone}, headers=member(vault, 0))
+    check_in = vault.client.post(f"/v1/members/{m.member_id}/clinics", json={"clinic_id": "zz-009", "card_no": m.card_no}, headers=other_desk)
+
+    assert ok(hidden, 200) == {"results": []}
+    assert ok(own, 200) == {"results": [{"member_id": m.member_id}]}
+    assert problem(check_in, 403, "forbidden") == RESTRICTED
+    assert [(e["action"], e["decision"], e["reason_code"]) for e in events_since(vault, before)] == [
+        ("search", "allow", "allowed"),
+        ("search", "allow", "allowed"),
+        ("check_in", "deny", "restricted"),
+    ]
+    walk(vault, dsr_id, "lifted")
+    assert ok(vault.client.post("/v1/members/search", json={"phone": phone}, headers=desk), 200) == {"results": [{"member_id": m.member_id}]}
 
 
 # -- objection -------------------------------------------------------------------------------

@@ -364,6 +364,9 @@ def test_an_erased_member_takes_no_event_and_their_evidence_no_longer_decrypts(r
         for read in (service.history, lambda c, m: service.current(c, m, NOW), lambda c, m: service.event(c, m, event.consent_id)):
             with pytest.raises(MemberErasedError, match=f"^member {member_id} was erased$"):
                 read(conn, member_id)
+    with runtime.data_engine.connect() as conn:  # a grant recorded before the erasure counts for nothing after it
+        assert service.state(conn, member_id, MARKETING, NOW) == PurposeState(MARKETING, ConsentState.none)
+        assert not service.has_live_consent(conn, member_id, MARKETING, NOW)
     assert bytes(_raw_event(runtime, event.consent_id)["evidence"]) == sealed  # the history keeps its row ...  # type: ignore[arg-type]
     with pytest.raises(KeyNotFoundError):  # ... but no key is left to open it
         runtime.keys.load(member_id, scopes=(DATA_SCOPE,)).get(DATA_SCOPE, key_version)

@@ -38,6 +38,7 @@ from vault.consent.model import (
     ConsentDecision,
     ConsentEvent,
     ConsentRequest,
+    ConsentState,
     GivenBy,
     Notice,
     PurposeState,
@@ -155,7 +156,10 @@ class ConsentService:
         return {p: derive(p, last.get(p), notices[p], now=now, grace=self.grace) for p in consent_purposes()}
 
     def state(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> PurposeState:
-        """One purpose's state, from the member's last event for it (no decryption)."""
+        """One purpose's state, from the member's last event for it (no decryption); ``none`` for an erased or unknown member."""
+        erased = conn.execute(select(members.c.erased_at).where(members.c.member_id == member_id)).first()
+        if erased is None or erased.erased_at is not None:
+            return PurposeState(purpose, ConsentState.none)
         t = consent_events
         stmt = select(t).where(t.c.member_id == member_id, t.c.purpose == purpose.value).order_by(t.c.seq.desc()).limit(1)
         row = conn.execute(stmt).mappings().first()
