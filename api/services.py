@@ -95,7 +95,7 @@ def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
         gatekeeper = Gatekeeper(AuditJournal())
-        consent = ConsentService(runtime.members, runtime.keys, NoticeBook(), grace=timedelta(days=settings.consent_grace_days))
+        consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days))
         services = Services(
             settings=settings,
             runtime=runtime,
@@ -107,7 +107,9 @@ def build(settings: Settings) -> Services:
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
-            requests=DataRequestGate(DataRequestService(runtime.keys, periods=settings.dsr_due_periods), runtime.members, consent, runtime.ledger, gatekeeper),
+            requests=DataRequestGate(
+                DataRequestService(runtime.members, periods=settings.dsr_due_periods), runtime.members, consent, runtime.ledger, gatekeeper
+            ),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
         with write_transaction(runtime.data_engine) as conn:

@@ -95,7 +95,7 @@ def demo_seed(
                     typer.echo("vault already has members; not seeding")
                     return
         now = datetime.now(UTC)
-        consent = ConsentService(rt.members, rt.keys, NoticeBook(), grace=timedelta(days=rt.settings.consent_grace_days))
+        consent = ConsentService(rt.members, NoticeBook(), grace=timedelta(days=rt.settings.consent_grace_days))
         with _progress() as bar:
             task = bar.add_task("seeding members", total=members_)
             report = seed_members_parallel(

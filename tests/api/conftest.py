@@ -84,7 +84,7 @@ class Vault:
 
     def grant(self, member_id: str, purpose: Purpose, *, version: int = 1, now: datetime | None = None) -> None:
         """Record the member's grant of ``purpose`` in the app (through the consent service, not over HTTP: no audit event)."""
-        service = ConsentService(self.runtime.members, self.runtime.keys, NoticeBook())
+        service = ConsentService(self.runtime.members, NoticeBook())
         request = ConsentRequest(purpose, ConsentDecision.granted, ConsentChannel.app, notice_version=version)
         with write_transaction(self.runtime.data_engine) as conn:
             service.record(

@@ -75,7 +75,7 @@ def _snapshot(engine: Engine) -> tuple[list[tuple[object, ...]], list[tuple[obje
 @pytest.fixture
 def history(runtime: Runtime) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     """A member's grant (app) and withdrawal (paper, with evidence) and a second marketing notice; the tables' rows."""
-    service = ConsentService(runtime.members, runtime.keys, NoticeBook())
+    service = ConsentService(runtime.members, NoticeBook())
     with write_transaction(runtime.data_engine) as conn:
         member_id = runtime.members.create(conn, other_member_values(1))
         grant = ConsentRequest(Purpose.marketing_contact, ConsentDecision.granted, ConsentChannel.app, notice_version=1)

@@ -44,7 +44,7 @@ EVIDENCE = "scan:form-2026/0601-17"
 
 @pytest.fixture
 def service(runtime: Runtime) -> ConsentService:
-    return ConsentService(runtime.members, runtime.keys, NoticeBook(), grace=timedelta(days=30))
+    return ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=30))
 
 
 def _member(runtime: Runtime, n: int = 1, *, born: date | None = None, **overrides: object) -> str:
@@ -334,7 +334,7 @@ def test_an_unknown_member_is_not_found(runtime: Runtime, service: ConsentServic
     with pytest.raises(NotFoundError, match=f"^no member {nobody}$"):
         _record(runtime, service, nobody, _grant(1))
     with runtime.data_engine.connect() as conn:
-        for read in (service.history, service.live_key_version, lambda c, m: service.current(c, m, NOW), lambda c, m: service.event(c, m, new_id())):
+        for read in (service.history, service.require_live, lambda c, m: service.current(c, m, NOW), lambda c, m: service.event(c, m, new_id())):
             with pytest.raises(NotFoundError, match=f"^no member {nobody}$"):
                 read(conn, nobody)
     assert _event_count(runtime) == 0

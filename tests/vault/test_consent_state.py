@@ -177,7 +177,7 @@ def member_numbers() -> itertools.count[int]:
 def test_the_derived_state_equals_a_fold_over_the_timeline(runtime: Runtime, member_numbers: itertools.count[int], data: st.DataObject) -> None:
     purpose = data.draw(st.sampled_from(consent_purposes()), label="purpose")
     grace = data.draw(GRACES, label="grace")
-    service = ConsentService(runtime.members, runtime.keys, NoticeBook(), grace=grace)
+    service = ConsentService(runtime.members, NoticeBook(), grace=grace)
     with runtime.data_engine.begin() as conn:
         member_id = runtime.members.create(conn, other_member_values(next(member_numbers)))
     notices = _stored_notices(runtime, purpose)

@@ -70,7 +70,7 @@ def _snapshot(engine: Engine) -> Snapshot:
 @pytest.fixture
 def history(runtime: Runtime) -> Snapshot:
     """An objection filed by the front desk, verified and in progress (a note on a step); an access request just received."""
-    service = DataRequestService(runtime.keys, periods={"default": "P1M"})
+    service = DataRequestService(runtime.members, periods={"default": "P1M"})
     with write_transaction(runtime.data_engine) as conn:
         member_id = runtime.members.create(conn, other_member_values(1))
         objection = Filing(RequestType.objection, details={"purposes": ["marketing_contact"]}, evidence="scan-0601-1")

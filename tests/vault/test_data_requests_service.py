@@ -62,12 +62,12 @@ REFUSED = (ConflictError, ValidationError, NotFoundError, MemberErasedError)
 
 @pytest.fixture
 def service(runtime: Runtime) -> DataRequestService:
-    return DataRequestService(runtime.keys, periods=PERIODS)
+    return DataRequestService(runtime.members, periods=PERIODS)
 
 
 @pytest.fixture
 def consent(runtime: Runtime) -> ConsentService:
-    return ConsentService(runtime.members, runtime.keys, NoticeBook())
+    return ConsentService(runtime.members, NoticeBook())
 
 
 @pytest.fixture

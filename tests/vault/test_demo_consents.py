@@ -32,7 +32,7 @@ EVIDENCE = {ConsentChannel.front_desk: re.compile(r"scan:fd-(\d{4})-\d{6}"), Con
 
 
 def _service(rt: Runtime) -> ConsentService:
-    return ConsentService(rt.members, rt.keys, NoticeBook(), grace=GRACE)
+    return ConsentService(rt.members, NoticeBook(), grace=GRACE)
 
 
 def _seed(rt: Runtime, member_ids: Sequence[str], *, seed: int = 11, now: datetime = NOW) -> ConsentSeedReport:

@@ -78,7 +78,7 @@ class ConsentGate:
 
         def run() -> ConsentEvent:
             if request is None:
-                self.service.live_key_version(conn, member_id)
+                self.service.require_live(conn, member_id)
                 raise ValidationError(problems or {"body": "invalid"})
             return self.service.record(conn, member_id, request, recorder, consent_id=consent_id, request_id=access.request_id, now=access.now)
 

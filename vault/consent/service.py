@@ -29,9 +29,8 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Connection, RowMapping, insert, select
 
-from keys.errors import DecryptionError, KeyNotFoundError
-from keys.field_cipher import FieldCipher, FieldContext, read_header
-from keys.member_keys import DATA_SCOPE, MemberKeys
+from keys.errors import DecryptionError
+from keys.field_cipher import FieldContext, read_header
 from vault import data_map as dm
 from vault.consent.model import (
     ConsentChannel,
@@ -47,7 +46,7 @@ from vault.consent.model import (
 )
 from vault.consent.notices import NoticeBook
 from vault.consent.state import derive
-from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError
+from vault.errors import ConflictError, NotFoundError, RecordIntegrityError, ValidationError
 from vault.members.repository import MemberRepository
 from vault.purposes import Purpose, consent_purposes
 from vault.storage.schema import consent_events, members
@@ -68,9 +67,8 @@ def age_on(born: date, day: date) -> int:
 
 
 class ConsentService:
-    def __init__(self, members: MemberRepository, keys: MemberKeys, notices: NoticeBook, *, grace: timedelta = DEFAULT_GRACE) -> None:
+    def __init__(self, members: MemberRepository, notices: NoticeBook, *, grace: timedelta = DEFAULT_GRACE) -> None:
         self._members = members
-        self._keys = keys
         self.notices = notices
         self.grace = grace
 
@@ -79,7 +77,7 @@ class ConsentService:
     def record(
         self, conn: Connection, member_id: str, request: ConsentRequest, recorder: Recorder, *, consent_id: str, request_id: str, now: datetime
     ) -> ConsentEvent:
-        key_version = self.live_key_version(conn, member_id)
+        key_version = self._members.live_key_version(conn, member_id)
         problems = _request_problems(request, recorder)
         if problems:
             raise ValidationError(problems)
@@ -87,7 +85,7 @@ class ConsentService:
         notice = self._notice_for(conn, request, now) if request.decision is ConsentDecision.granted else None
         evidence = None
         if request.evidence is not None:
-            evidence = self._cipher(member_id, key_version).encrypt(request.evidence.encode(), FieldContext(TABLE, consent_id, "evidence"))
+            evidence = self._members.data_cipher(member_id, key_version).encrypt(request.evidence.encode(), FieldContext(TABLE, consent_id, "evidence"))
         values = {
             "consent_id": consent_id,
             "member_id": member_id,
@@ -133,13 +131,13 @@ class ConsentService:
 
     def history(self, conn: Connection, member_id: str) -> list[ConsentEvent]:
         """Every event of a live member, oldest first, evidence decrypted."""
-        self.live_key_version(conn, member_id)
+        self._members.live_key_version(conn, member_id)
         rows = conn.execute(select(consent_events).where(consent_events.c.member_id == member_id).order_by(consent_events.c.seq)).mappings().all()
         return [self._decrypted(m) for m in rows]
 
     def event(self, conn: Connection, member_id: str, consent_id: str) -> ConsentEvent:
         """One event of a live member (``NotFoundError`` for an id that is not this member's)."""
-        self.live_key_version(conn, member_id)
+        self._members.live_key_version(conn, member_id)
         t = consent_events
         row = conn.execute(select(t).where(t.c.consent_id == consent_id, t.c.member_id == member_id)).mappings().first()
         if row is None:
@@ -169,22 +167,9 @@ class ConsentService:
     def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> bool:
         return self.state(conn, member_id, purpose, now).live
 
-    # -- keys ----------------------------------------------------------------
-
-    def live_key_version(self, conn: Connection, member_id: str) -> int:
-        """The member's data key version; ``NotFoundError`` or ``MemberErasedError`` unless the member is live."""
-        row = conn.execute(select(members.c.erased_at, members.c.key_version).where(members.c.member_id == member_id)).first()
-        if row is None:
-            raise NotFoundError(f"no member {member_id}")
-        if row.erased_at is not None:
-            raise MemberErasedError(f"member {member_id} was erased")
-        return int(row.key_version)
-
-    def _cipher(self, member_id: str, key_version: int) -> FieldCipher:
-        try:
-            return self._keys.load(member_id, scopes=(DATA_SCOPE,)).get(DATA_SCOPE, key_version)
-        except KeyNotFoundError:
-            raise MemberErasedError(f"member {member_id} has no live data key") from None
+    def require_live(self, conn: Connection, member_id: str) -> None:
+        """``NotFoundError`` or ``MemberErasedError`` unless the member is live (checked before any field is judged)."""
+        self._members.live_key_version(conn, member_id)
 
     def _decrypted(self, m: RowMapping) -> ConsentEvent:
         sealed = m["evidence"]
@@ -193,7 +178,7 @@ class ConsentService:
         consent_id, member_id = str(m["consent_id"]), str(m["member_id"])
         try:
             _, key_version = read_header(bytes(sealed))
-            plain = self._cipher(member_id, key_version).decrypt(bytes(sealed), FieldContext(TABLE, consent_id, "evidence"))
+            plain = self._members.data_cipher(member_id, key_version).decrypt(bytes(sealed), FieldContext(TABLE, consent_id, "evidence"))
         except (DecryptionError, UnicodeDecodeError) as exc:
             raise RecordIntegrityError(TABLE, consent_id, "evidence") from exc
         return _event(m, evidence=plain.decode())

@@ -72,7 +72,7 @@ class DataRequestGate:
 
         def run() -> DataRequest:
             if filing is None:
-                self.service.live_key_version(conn, member_id)
+                self.service.require_live(conn, member_id)
                 raise ValidationError(problems or {"body": "invalid"})
             return self.service.file(conn, member_id, filing, filer, dsr_id=dsr_id, now=access.now)
 

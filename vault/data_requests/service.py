@@ -27,20 +27,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, RowMapping, and_, exists, insert, select, update
+from sqlalchemy import Connection, RowMapping, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keys.errors import DecryptionError, KeyNotFoundError
 from keys.field_cipher import FieldCipher, FieldContext, read_header
-from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
+from keys.member_keys import DATA_SCOPE, MemberKeySet
 from vault.data_requests.certificate import ErasureFacts
 from vault.data_requests.model import OPEN, DataRequest, FiledBy, ReasonCode, RequestType, Status, Step
 from vault.data_requests.workflow import DEFAULT_JURISDICTION, check_transition, due_at
 from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError
 from vault.ids import new_id
 from vault.members.gate import MemberBody
+from vault.members.repository import MemberRepository
 from vault.purposes import Purpose, consent_purposes
-from vault.storage.schema import data_request_steps, data_requests, erasures, members, treatments
+from vault.storage.schema import data_request_steps, data_requests, erasures, treatments
 
 REQUESTS_TABLE = "data_requests"
 STEPS_TABLE = "data_request_steps"
@@ -67,21 +68,21 @@ class Filing:
 
 
 class DataRequestService:
-    def __init__(self, keys: MemberKeys, *, periods: Mapping[str, str]) -> None:
-        self._keys = keys
+    def __init__(self, members: MemberRepository, *, periods: Mapping[str, str]) -> None:
+        self._members = members
         self.periods = dict(periods)
 
     # -- filing --------------------------------------------------------------
 
     def file(self, conn: Connection, member_id: str, filing: Filing, filer: Filer, *, dsr_id: str, now: datetime) -> DataRequest:
-        key_version = self.live_key_version(conn, member_id)
+        key_version = self._members.live_key_version(conn, member_id)
         problems = self._filing_problems(filing, filer)
         if problems:
             raise ValidationError(problems)
         open_one = self._open_of(conn, member_id, filing.type)
         if open_one is not None:
             raise ConflictError(f"an open {filing.type.value} request exists: {open_one}")
-        cipher = self._cipher(member_id, key_version)
+        cipher = self._members.data_cipher(member_id, key_version)
         due = due_at(now, filing.jurisdiction, self.periods)
         row = {
             "dsr_id": dsr_id,
@@ -133,7 +134,7 @@ class DataRequestService:
             raise ValidationError({"note": "invalid"})
         recorded = check_transition(found.type, found.status, to, reason)
         # The key before the first write: an erased member's request is refused with nothing written.
-        cipher = self._cipher(found.member_id, self.live_key_version(conn, found.member_id))
+        cipher = self._members.data_cipher(found.member_id, self._members.live_key_version(conn, found.member_id))
         t = data_requests
         closed = now if to in {Status.completed, Status.rejected, Status.lifted} else None
         values: dict[str, object] = {"status": to.value, "updated_at": now}
@@ -174,7 +175,7 @@ class DataRequestService:
         if row is None:
             raise NotFoundError(f"no request {dsr_id}")
         member_id = str(row["member_id"])
-        keyset = self._keys.load(member_id, scopes=(DATA_SCOPE,)) if decrypt else None
+        keyset = self._members.data_keys(member_id) if decrypt else None
         step_rows = conn.execute(select(data_request_steps).where(data_request_steps.c.dsr_id == dsr_id).order_by(data_request_steps.c.seq)).mappings()
         steps = []
         for s in step_rows:
@@ -236,25 +237,24 @@ class DataRequestService:
         return ErasureFacts(dsr_id, str(row.member_id), finished, tuple(sorted(int(y) for y in years)), row.settlement_entry_id)
 
     def is_restricted(self, conn: Connection, member_id: str) -> bool:
-        t = data_requests
-        restricted = exists().where(t.c.member_id == member_id, t.c.type == RequestType.restriction.value, t.c.status == Status.completed.value)
-        return bool(conn.execute(select(restricted)).scalar())
+        """Asked on every member decision: one prepared statement, one indexed lookup."""
+        return conn.execute(_RESTRICTED, {"member_id": member_id}).first() is not None
 
-    # -- keys ----------------------------------------------------------------
+    def require_live(self, conn: Connection, member_id: str) -> None:
+        """``NotFoundError`` or ``MemberErasedError`` unless the member is live (checked before any field is judged)."""
+        self._members.live_key_version(conn, member_id)
 
-    def live_key_version(self, conn: Connection, member_id: str) -> int:
-        row = conn.execute(select(members.c.erased_at, members.c.key_version).where(members.c.member_id == member_id)).first()
-        if row is None:
-            raise NotFoundError(f"no member {member_id}")
-        if row.erased_at is not None:
-            raise MemberErasedError(f"member {member_id} was erased")
-        return int(row.key_version)
 
-    def _cipher(self, member_id: str, key_version: int) -> FieldCipher:
-        try:
-            return self._keys.load(member_id, scopes=(DATA_SCOPE,)).get(DATA_SCOPE, key_version)
-        except KeyNotFoundError:
-            raise MemberErasedError(f"member {member_id} has no live data key") from None
+# A completed (not yet lifted) restriction of the member; built once, since every member decision asks.
+_RESTRICTED = (
+    select(data_requests.c.dsr_id)
+    .where(
+        data_requests.c.member_id == bindparam("member_id"),
+        data_requests.c.type == RequestType.restriction.value,
+        data_requests.c.status == Status.completed.value,
+    )
+    .limit(1)
+)
 
 
 def _details_problems(kind: RequestType, details: Mapping[str, object] | None) -> dict[str, str]:

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Select, bindparam, delete, insert, select, up
 from keys.blind_index import BlindIndex
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
-from keys.member_keys import DATA_SCOPE, MemberKeys
+from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
 from vault import data_map as dm
 from vault.codec import open_sealed, seal, to_columns
 from vault.errors import MemberErasedError, NotFoundError, ValidationError
@@ -102,7 +102,7 @@ class MemberRepository:
             raise NotFoundError(f"no member {member_id}")
         if row.erased_at is not None:
             raise MemberErasedError(f"member {member_id} was erased")
-        cipher = self._cipher(member_id, row.key_version) if any(f.encrypted for f in wanted) else None
+        cipher = self.data_cipher(member_id, row.key_version) if any(f.encrypted for f in wanted) else None
         values: dict[dm.Category, dict[str, object]] = {c: {} for c in dm.categories_of(dm.Table.members) if c in categories}
         mapping = row._mapping
         for f in wanted:
@@ -110,11 +110,27 @@ class MemberRepository:
             values[f.category][f.name] = open_sealed(cipher, f, member_id, raw) if cipher is not None and f.encrypted else raw
         return MemberView(MemberId(member_id), values)
 
-    def _cipher(self, member_id: str, key_version: int) -> FieldCipher:
+    # -- the member's data key, for records kept beside the member (consent evidence, request notes) --------
+
+    def live_key_version(self, conn: Connection, member_id: str) -> int:
+        """The member's data key version; ``NotFoundError`` or ``MemberErasedError`` unless the member is live."""
+        row = conn.execute(select(members.c.erased_at, members.c.key_version).where(members.c.member_id == member_id)).first()
+        if row is None:
+            raise NotFoundError(f"no member {member_id}")
+        if row.erased_at is not None:
+            raise MemberErasedError(f"member {member_id} was erased")
+        return int(row.key_version)
+
+    def data_cipher(self, member_id: str, key_version: int) -> FieldCipher:
+        """The member's data key of ``key_version``; ``MemberErasedError`` once it is shredded."""
         try:
-            return self._keys.load(member_id, scopes=(DATA_SCOPE,)).get(DATA_SCOPE, key_version)
+            return self.data_keys(member_id).get(DATA_SCOPE, key_version)
         except KeyNotFoundError:
             raise MemberErasedError(f"member {member_id} has no live data key") from None
+
+    def data_keys(self, member_id: str) -> MemberKeySet:
+        """Every live version of the member's data key (empty once shredded), in one key-store read."""
+        return self._keys.load(member_id, scopes=(DATA_SCOPE,))
 
     def exists(self, conn: Connection, member_id: str) -> bool:
         """Not tombstoned and the data key is live (a restored backup carries no tombstone)."""
@@ -137,7 +153,7 @@ class MemberRepository:
         if not changed:
             return []
         key_version = conn.execute(select(members.c.key_version).where(members.c.member_id == member_id)).scalar_one()
-        cipher = self._cipher(member_id, key_version)
+        cipher = self.data_cipher(member_id, key_version)
         now, change_id = self._now(), new_id()
         history = []
         for name in changed:
