@@ -19,9 +19,8 @@ No personal value besides the member id; the evidence reference stays out.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from vault.consent.model import ConsentDecision, ConsentEvent, GivenBy
+from vault.times import rfc3339_seconds
 
 PURPOSE_SYSTEM = "https://member-vault.example/fhir/CodeSystem/purpose"
 LEGAL_BASIS_SYSTEM = "https://member-vault.example/fhir/CodeSystem/legal-basis"
@@ -29,12 +28,8 @@ CONSENT_ID_SYSTEM = "https://member-vault.example/fhir/consent-id"
 CHANNEL_SYSTEM = "https://member-vault.example/fhir/CodeSystem/consent-channel"
 
 
-def _instant(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def to_fhir_consent(event: ConsentEvent, *, controller: str) -> dict[str, object]:
-    when = _instant(event.recorded_at)
+    when = rfc3339_seconds(event.recorded_at)
     performer = (
         {"reference": f"Patient/{event.member_id}"}
         if event.given_by is GivenBy.member

@@ -32,6 +32,7 @@ from vault.consent.model import Notice
 from vault.errors import ConflictError, ValidationError
 from vault.purposes import Purpose
 from vault.storage.schema import consent_notices
+from vault.times import rfc3339_seconds
 
 MAX_TEXT_LENGTH = 20_000
 LATEST_EFFECTIVE_AT = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -42,14 +43,9 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _rfc3339(moment: datetime) -> str:
-    utc = moment.astimezone(UTC)
-    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
-
-
 def notice_hash(purpose: Purpose, version: int, effective_at: datetime, *, material: bool, sha256_zh: str, sha256_en: str) -> str:
     body = {
-        "effective_at": _rfc3339(effective_at),
+        "effective_at": rfc3339_seconds(effective_at),
         "material": material,
         "purpose": purpose.value,
         "texts": {"en": sha256_en, "zh": sha256_zh},

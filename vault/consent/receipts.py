@@ -24,19 +24,14 @@ however often it is re-issued under the same key. Example::
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import jwt
 
 from keys.signing import SigningKey
 from vault.consent.model import ConsentEvent
+from vault.times import rfc3339_seconds
 
 RECEIPT_TYPE = "consent-receipt+jwt"
 RECEIPT_VERSION = "member-vault/consent-receipt/1"
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def receipt_claims(event: ConsentEvent, *, issuer: str, controller: str) -> dict[str, object]:
@@ -54,7 +49,7 @@ def receipt_claims(event: ConsentEvent, *, issuer: str, controller: str) -> dict
         "sensitive": event.purpose.sensitive,
         "notice": notice,
         "state": event.decision.value,
-        "time": _rfc3339(event.recorded_at),
+        "time": rfc3339_seconds(event.recorded_at),
         "channel": event.channel.value,
         "actor": {"given_by": event.given_by.value, "recorded_by": event.recorded_by, "recorded_role": event.recorded_role.value},
     }

@@ -22,12 +22,13 @@ No personal value appears: table and field names, ids, years and codes only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import jwt
 
 from keys.signing import SigningKey
 from vault import data_map as dm
+from vault.times import rfc3339_seconds
 
 CERTIFICATE_TYPE = "erasure-certificate+jwt"
 CERTIFICATE_VERSION = "member-vault/erasure-certificate/1"
@@ -41,10 +42,6 @@ class ErasureFacts:
     erased_at: datetime
     retention_years: tuple[int, ...]  # expiry years of the treatment records kept under legal hold
     refund_entry_id: str | None  # the ledger entry that paid back a positive card balance before shredding
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _names(table: dm.Table, retention: dm.Retention) -> list[str]:
@@ -95,7 +92,7 @@ def certificate_claims(facts: ErasureFacts, *, issuer: str, controller: str, bac
         "controller": {"id": issuer, "name": controller},
         "request_id": facts.request_id,
         "member_id": facts.member_id,
-        "erased_at": _rfc3339(facts.erased_at),
+        "erased_at": rfc3339_seconds(facts.erased_at),
         "destroyed": destroyed,
         "kept": kept,
         "settlement": None if facts.refund_entry_id is None else {"refund_entry_id": facts.refund_entry_id},
