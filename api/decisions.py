@@ -65,8 +65,8 @@ def member_access(
         reason = "allowed" if allowed else _denial(active.policy, caller, where, action=action, purpose=purpose.value, categories=wanted)
     if allowed and not _consent_covers(services, conn, member_id, purpose, action=action, categories=allowed, now=now):
         allowed, reason = frozenset(), CONSENT_REQUIRED_REASON
-    if allowed and where != "self" and purpose is not Purpose.legal_claims and services.requests.service.is_restricted(conn, member_id):
-        allowed, reason = frozenset(), RESTRICTED_REASON  # stored but not used: only legal claims, and the member themselves
+    if allowed and restricted(services, conn, member_id, purpose=purpose, domain=where):
+        allowed, reason = frozenset(), RESTRICTED_REASON
     flagged = break_glass if where == "break_glass" else None
     if allowed and flagged is not None:
         reason = f"break_glass:{flagged.value}"
@@ -109,6 +109,11 @@ def operation_access(
     return access, verdict.allowed
 
 
+def restricted(services: Services, conn: Connection, member_id: str, *, purpose: Purpose, domain: str) -> bool:
+    """The member's restriction request is carried out: their data is stored but not used — except for legal claims, or by themselves."""
+    return domain != "self" and purpose is not Purpose.legal_claims and services.requests.service.is_restricted(conn, member_id)
+
+
 def _consent_covers(
     services: Services, conn: Connection, member_id: str, purpose: Purpose, *, action: str, categories: frozenset[dm.Category], now: datetime
 ) -> bool:
@@ -123,4 +128,4 @@ def _denial(policy: PolicySet, caller: Caller, domain: str, *, action: str, purp
     return Reason.DENIED_BY_RULE.value if Reason.DENIED_BY_RULE in reasons else Reason.NO_MATCHING_RULE.value
 
 
-__all__ = ["MemberDecision", "member_access", "operation_access"]
+__all__ = ["MemberDecision", "member_access", "operation_access", "restricted"]

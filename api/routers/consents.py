@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 from api import problems as p
 from api.authz import relation
 from api.caller import Caller
-from api.decisions import operation_access
+from api.decisions import operation_access, restricted
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, model_or_problems
 from api.idempotency import StoredResponse, replay_if_retry
 from api.responses import RESTRICTED_REASON, json_response, refuse
@@ -206,8 +206,7 @@ def _decide(
 ) -> tuple[Access, bool]:
     domain = relation(conn, caller, member_id, break_glass=False)
     access, allowed = operation_access(services, conn, caller, OBJECT, action, request_id=request_id, now=now, purpose=purpose, domain=domain)
-    restricted = action == "read" and domain != "self" and purpose is not Purpose.legal_claims
-    if allowed and restricted and services.requests.service.is_restricted(conn, member_id):
+    if allowed and action == "read" and restricted(services, conn, member_id, purpose=purpose, domain=domain):
         # A restricted member's consent is stored but not read by staff; recording a withdrawal on their behalf stays possible.
         return dataclasses.replace(access, reason=RESTRICTED_REASON), False
     return access, allowed

@@ -11,7 +11,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from api import problems as p
 from api.caller import Caller
-from api.decisions import member_access, operation_access
+from api.decisions import member_access, operation_access, restricted
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse, replay_if_retry
 from api.responses import RESTRICTED_REASON, json_response, refuse, review_queuer
@@ -30,7 +30,6 @@ from api.schemas.members import (
 )
 from vault.access import Access, Refusal
 from vault.members.gate import MemberBody, SearchScope
-from vault.purposes import Purpose
 from vault.roles import Role
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
@@ -177,9 +176,8 @@ def search_members(
         domain = "self" if caller.own_member_id is not None else "none"
         access, allowed = operation_access(services, conn, caller, "member:lookup", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)
         found = services.members.search(conn, access, allowed=allowed, term=term, scope=scope)
-        if not isinstance(found, Refusal) and caller.own_member_id is None and purpose is not Purpose.legal_claims:
-            # A restricted member's data is stored but not used: staff and services no longer find them.
-            found = [m for m in found if not services.requests.service.is_restricted(conn, m)]
+        if not isinstance(found, Refusal):  # staff and services no longer find a restricted member
+            found = [m for m in found if not restricted(services, conn, m, purpose=purpose, domain=domain)]
     if isinstance(found, Refusal):
         refuse(found, access)
     return json_response({"results": [{"member_id": m} for m in found]})
@@ -199,7 +197,7 @@ def check_in(
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "member:clinics", "write", request_id=request_id, now=now, purpose=purpose, domain="none")
         in_clinic = body is None or caller.all_clinics or body.clinic_id in caller.clinics
-        if allowed and services.requests.service.is_restricted(conn, member_id):
+        if allowed and restricted(services, conn, member_id, purpose=purpose, domain="none"):
             access, allowed = dataclasses.replace(access, reason=RESTRICTED_REASON), False  # no new clinic may use a restricted member's data
         proof = None if body is None else (body.clinic_id, body.card_no)
         linked = services.members.check_in(conn, access, allowed=allowed and in_clinic, member_id=member_id, proof=proof)
