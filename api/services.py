@@ -39,6 +39,8 @@ from vault.access import Gatekeeper
 from vault.consent import ConsentGate, ConsentService, NoticeBook
 from vault.consent_check import ConsentCheck
 from vault.data_requests import DataRequestGate, DataRequestService
+from vault.data_requests.export import ExportBuilder
+from vault.data_requests.spool import spool_directory
 from vault.errors import VaultError
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
@@ -62,6 +64,7 @@ class Services:
     consent: ConsentCheck
     consents: ConsentGate
     requests: DataRequestGate
+    exports: ExportBuilder
     idempotency: Idempotency
 
     @contextmanager
@@ -108,8 +111,14 @@ def build(settings: Settings) -> Services:
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
             requests=DataRequestGate(
-                DataRequestService(runtime.members, periods=settings.dsr_due_periods), runtime.members, consent, runtime.ledger, gatekeeper
+                DataRequestService(runtime.members, periods=settings.dsr_due_periods),
+                runtime.members,
+                consent,
+                runtime.ledger,
+                gatekeeper,
+                export_window=timedelta(days=settings.dsr_export_days),
             ),
+            exports=ExportBuilder(runtime.members, runtime.treatments, runtime.ledger, consent, spool_dir=spool_directory(settings.data_dir / "exports")),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
         )
         with write_transaction(runtime.data_engine) as conn:

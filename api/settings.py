@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     consent_grace_days: int = Field(default=30, ge=0, le=3650)
     # How long a data-subject request may take, per jurisdiction (ISO 8601 P<n>M or P<n>D); "default" applies to the rest.
     dsr_due_periods: dict[str, str] = Field(default_factory=lambda: {"default": "P1M"})
+    # How long the archive of a completed access or portability request may be downloaded.
+    dsr_export_days: int = Field(default=30, ge=1, le=365)
     # How long backups of the key store are kept: a shredded key may survive in one that long (stated in erasure certificates).
     keystore_backup_days: int = Field(default=30, ge=0, le=3650)
     # The controller named in consent receipts and FHIR Consent resources.

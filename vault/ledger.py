@@ -85,9 +85,11 @@ class Ledger:
     def balance(self, conn: Connection, member_id: str) -> Balance:
         return self._balance(conn, member_id, self._cipher(conn, member_id))
 
-    def entries(self, conn: Connection, member_id: str) -> list[LedgerEntry]:
+    def entries(self, conn: Connection, member_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[LedgerEntry]:
+        """The entries numbered above ``after_seq`` in order, at most ``limit`` of them."""
         cipher = self._cipher(conn, member_id)
-        rows = conn.execute(select(ledger_entries).where(ledger_entries.c.member_id == member_id).order_by(ledger_entries.c.seq)).all()
+        stmt = select(ledger_entries).where(ledger_entries.c.member_id == member_id, ledger_entries.c.seq > after_seq).order_by(ledger_entries.c.seq)
+        rows = conn.execute(stmt if limit is None else stmt.limit(limit)).all()
         out = []
         for r in rows:
             m = r._mapping

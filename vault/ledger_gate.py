@@ -68,7 +68,7 @@ class LedgerGate:
         target = Target("list", RESOURCE, None, member_id, category_names(access.readable))
 
         def page() -> LedgerPage:
-            later = [e for e in self._ledger.entries(conn, member_id) if e.seq > after_seq]
+            later = self._ledger.entries(conn, member_id, after_seq=after_seq, limit=limit + 1)
             return LedgerPage(later[:limit], len(later) > limit)
 
         return self._gk.perform_read(conn, access, target, allowed, page)

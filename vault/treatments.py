@@ -14,11 +14,11 @@ legal-claims read the policy layer grants only to the dpo).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Row, insert, select
+from sqlalchemy import Connection, Row, and_, insert, or_, select
 
 from keys.member_keys import MemberKeys, retention_scope
 from vault import data_map as dm
@@ -69,6 +69,23 @@ class TreatmentRepository:
         if not self._is_live(conn, member_id):
             raise MemberErasedError(f"member {member_id} is not readable")
         return self._decrypt_rows(member_id, self._rows(conn, member_id))
+
+    def batches(self, conn: Connection, member_id: str, *, size: int) -> Iterator[list[Treatment]]:
+        """The live member's treatments in ``list_for_member``'s order, read and decrypted ``size`` at a time."""
+        if not self._is_live(conn, member_id):
+            raise MemberErasedError(f"member {member_id} is not readable")
+        stmt = select(treatments).where(treatments.c.member_id == member_id).order_by(treatments.c.performed_at, treatments.c.treatment_id).limit(size)
+        page = list(conn.execute(stmt).all())
+        while page:
+            yield self._decrypt_rows(member_id, page)
+            if len(page) < size:
+                return
+            last = page[-1]._mapping
+            after = or_(
+                treatments.c.performed_at > last["performed_at"],
+                and_(treatments.c.performed_at == last["performed_at"], treatments.c.treatment_id > last["treatment_id"]),
+            )
+            page = list(conn.execute(stmt.where(after)).all())
 
     def list_retained(self, conn: Connection, member_id: str) -> list[Treatment]:
         """The retention path: treatments whose retention key is still live, erased member or not."""

@@ -12,12 +12,13 @@ a real one it may not see.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,18 +30,24 @@ from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, Optional
 from api.idempotency import StoredResponse, replay_if_retry
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
+from api.routers.consents import event_body
 from api.routers.members import MemberIdPath
+from api.runtime import make_checkpointer
 from api.schemas.requests import ErasureCertificate, RequestFile, RequestFiled, RequestOut, RequestPage, TransitionIn
 from api.services import Services
+from audit.errors import AuditStoreError
+from audit.sequencer import Sequencer
 from keys.errors import KeysError
 from keys.signing import SigningPurpose
 from vault.access import Access, Refusal
 from vault.data_requests import DataRequest, FiledBy, Filer, Filing, Move, RequestType, Status
 from vault.data_requests.certificate import sign_certificate
-from vault.data_requests.gate import RESOURCE
+from vault.data_requests.export import ExportSigning
+from vault.data_requests.gate import EXPORTABLE, RESOURCE
 from vault.errors import VaultError
 from vault.purposes import Purpose
 from vault.roles import Role
+from vault.storage.engine import read_snapshot
 
 router = APIRouter(tags=["data requests"])
 log = structlog.get_logger("api.requests")
@@ -200,9 +207,55 @@ def _shred(services: Services, member_id: str) -> None:
 
 
 def _certificate_link(r: DataRequest) -> dict[str, str]:
-    return (
-        {"Link": f'</v1/requests/{r.dsr_id}/certificate>; rel="erasure-certificate"'} if r.type is RequestType.erasure and r.status is Status.completed else {}
+    if r.status is not Status.completed:
+        return {}
+    if r.type is RequestType.erasure:
+        return {"Link": f'</v1/requests/{r.dsr_id}/certificate>; rel="erasure-certificate"'}
+    if r.type in EXPORTABLE:
+        return {"Link": f'</v1/requests/{r.dsr_id}/export>; rel="export"'}
+    return {}
+
+
+@router.get(
+    "/v1/requests/{dsr_id}/export",
+    summary="The archive of a completed access or portability request (the member, the dpo): a zip with a signed manifest",
+    response_model=None,
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}, "description": "the archive, streamed"},
+        **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.UNAVAILABLE),
+    },
+)
+def export_archive(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
+    with services.reading() as conn:
+        owner = services.requests.service.owner(conn, dsr_id)
+        domain = relation(conn, caller, owner or "", break_glass=False)
+        access, allowed = operation_access(services, conn, caller, "requests:records", "read", request_id=request_id, now=now, purpose=purpose, domain=domain)
+        ticket = services.requests.export(conn, access, allowed=allowed, dsr_id=dsr_id, member_id=owner)
+    if isinstance(ticket, Refusal):
+        refuse(ticket, access)
+    # The export's own event is committed: sequence it and sign a checkpoint, so the archive's access log proves it too.
+    engine = services.runtime.data_engine
+    Sequencer(engine).run_until_idle(now=now)
+    checkpointer = make_checkpointer(services.settings, engine, services.runtime.signing)
+    checkpointer.make(now=now)
+    settings = services.settings
+    receipts_key = services.runtime.signing.current(SigningPurpose.receipts)
+    signing = ExportSigning(
+        manifest_key=services.runtime.signing.current(SigningPurpose.certificates),
+        consent_view=lambda event: event_body(services, event, receipts_key),
+        issuer=settings.issuer,
+        controller=settings.controller_name,
     )
+
+    def archive() -> Iterator[bytes]:
+        with read_snapshot(engine) as snapshot:
+            published = checkpointer.latest(snapshot, now)
+            if published is None:
+                raise AuditStoreError("no checkpoint has been made")
+            yield from services.exports.stream(snapshot, ticket, now=now, checkpoint=published, signing=signing)
+
+    headers = {"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="member-vault-export-{dsr_id}.zip"'}
+    return StreamingResponse(archive(), media_type="application/zip", headers=headers)
 
 
 @router.get(

@@ -37,6 +37,7 @@ from sqlalchemy import func, select
 from api import logging as oplog
 from api.deps import _now
 from tests.api.conftest import Vault
+from vault import data_map as dm
 from vault.storage.schema import data_request_steps, data_requests
 
 MADE_UP = "0" * 32
@@ -390,25 +391,28 @@ def test_a_rejection_needs_a_rejection_reason_and_closes_the_request(vault: Vaul
     assert {e["member_id"] for e in events_since(vault, before)} == {m.member_id}
 
 
-def test_completing_an_access_or_portability_request_is_409_not_available_yet_and_it_stays_in_progress(vault: Vault, clock: Clock) -> None:
+def test_completing_an_access_or_portability_request_closes_it_links_its_archive_and_changes_no_member_data(vault: Vault, clock: Clock) -> None:
     kinds = ("access", "portability")
     ids = {kind: filed(vault, 2, kind) for kind in kinds}
     for dsr_id in ids.values():
         walk(vault, dsr_id, "verified", "in_progress")
-    before, rows = vault.journal_size(), stored(vault)
+    before = vault.journal_size()
+    with vault.runtime.data_engine.connect() as conn:
+        member = vault.runtime.members.read(conn, vault.members[2].member_id, dm.categories_of(dm.Table.members)).values
 
     answers = {kind: move(vault, dsr_id, "completed") for kind, dsr_id in ids.items()}
 
-    assert {kind: problem(r, 409, "conflict") for kind, r in answers.items()} == {
-        kind: conflict(f"completing this {kind} request is not available yet; it stays in progress") for kind in kinds
+    assert {kind: (r.status_code, r.headers.get("link")) for kind, r in answers.items()} == {
+        kind: (200, f'</v1/requests/{ids[kind]}/export>; rel="export"') for kind in kinds
     }
-    assert stored(vault) == rows
     assert [(e["action"], e["resource_id"], e["fields"], e["decision"], e["outcome"]) for e in events_since(vault, before)] == [
-        ("transition_request", ids[kind], ["completed"], "allow", "conflict") for kind in kinds
+        ("transition_request", ids[kind], ["completed"], "allow", "ok") for kind in kinds
     ]
+    with vault.runtime.data_engine.connect() as conn:
+        assert vault.runtime.members.read(conn, vault.members[2].member_id, dm.categories_of(dm.Table.members)).values == member
     after = [read(vault, dsr_id, dpo(vault)) for dsr_id in ids.values()]
-    assert [(a["status"], a["closed_at"], [st["to_status"] for st in a["steps"]]) for a in after] == [
-        ("in_progress", None, ["received", "verified", "in_progress"])
+    assert [(a["status"], [st["to_status"] for st in a["steps"]]) for a in after] == [
+        ("completed", ["received", "verified", "in_progress", "completed"])
     ] * len(kinds)
 
 

@@ -20,8 +20,12 @@
     crypto-shredding itself (``vault.erasure.Eraser``) runs after this
     transaction commits, so the step and its audit event come first, and an
     erasure interrupted after it is resumed (``unfinished_erasures``);
-  - ``access``, ``portability``: not available yet (the export archive comes
-    next); completing one is a ``ConflictError`` and changes nothing.
+  - ``access``, ``portability``: nothing to write — the archive
+    (``vault.data_requests.export``) is assembled when it is downloaded.
+* ``export`` checks that a request's archive may be downloaded now — a
+  completed access or portability request, within ``export_window`` of its
+  completion, its member not erased — and journals the ``export`` event
+  before a byte of the archive is built (the edge then streams it).
 * ``read`` and ``queue`` read through ``Gatekeeper.perform_read``.
 """
 
@@ -29,12 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Connection
 
+from vault import data_map as dm
 from vault.access import Access, Gatekeeper, Refusal, Target
 from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, ConsentService, Recorder, RecorderRole
 from vault.data_requests.certificate import ErasureFacts
+from vault.data_requests.export import ExportTicket
 from vault.data_requests.model import DataRequest, ReasonCode, RequestType, Status
 from vault.data_requests.service import DataRequestService, Filer, Filing, objection_purposes, rectification_changes
 from vault.errors import ConflictError, ValidationError
@@ -44,7 +51,10 @@ from vault.members.gate import MemberBody
 from vault.members.repository import MemberRepository
 
 RESOURCE = "data_request"
-NOT_YET = frozenset({RequestType.access, RequestType.portability})
+EXPORTABLE = frozenset({RequestType.access, RequestType.portability})
+DEFAULT_EXPORT_WINDOW = timedelta(days=30)
+# What an archive holds, named in its ``export`` event: every member category, treatments, ledger, consents, the access log.
+EXPORTED = (*sorted(c.value for c in dm.Category), "consent", "access_log")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +67,18 @@ class Move:
 
 
 class DataRequestGate:
-    def __init__(self, service: DataRequestService, members: MemberRepository, consent: ConsentService, ledger: Ledger, gatekeeper: Gatekeeper) -> None:
+    def __init__(
+        self,
+        service: DataRequestService,
+        members: MemberRepository,
+        consent: ConsentService,
+        ledger: Ledger,
+        gatekeeper: Gatekeeper,
+        *,
+        export_window: timedelta = DEFAULT_EXPORT_WINDOW,
+    ) -> None:
         self.service = service
+        self._export_window = export_window
         self._members = members
         self._ledger = ledger
         self._consent = consent
@@ -105,8 +125,6 @@ class DataRequestGate:
         return self._gk.perform(conn, access, target, allowed, run)
 
     def _carry_out(self, conn: Connection, access: Access, request: DataRequest) -> None:
-        if request.type in NOT_YET:
-            raise ConflictError(f"completing this {request.type.value} request is not available yet; it stays in progress")
         if request.type is RequestType.rectification:
             body = MemberBody.parse(rectification_changes(request))
             self._members.update(conn, request.member_id, body.valid_values())
@@ -126,6 +144,23 @@ class DataRequestGate:
         target = Target("read_certificate", RESOURCE, dsr_id, member_id, ())
         return self._gk.perform_read(conn, access, target, allowed, lambda: self.service.erasure_facts(conn, dsr_id))
 
+    def export(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None) -> ExportTicket | Refusal:
+        """Whether the archive of ``dsr_id`` may be downloaded now; its ``export`` event is committed before the answer."""
+        target = Target("export", RESOURCE, dsr_id, member_id, EXPORTED)
+
+        def check() -> ExportTicket:
+            request = self.service.get(conn, dsr_id, decrypt=False)
+            if request.type not in EXPORTABLE:
+                raise ConflictError(f"a {request.type.value} request has no export archive")
+            if request.status is not Status.completed or request.closed_at is None:
+                raise ConflictError("the request is not completed")
+            if access.now > request.closed_at + self._export_window:
+                raise ConflictError("the download window of this archive has closed; file a new access request")
+            self._members.live_key_version(conn, request.member_id)
+            return ExportTicket(request.dsr_id, request.member_id, request.type)
+
+        return self._gk.perform_read(conn, access, target, allowed, check)
+
     def read(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None, decrypt: bool) -> DataRequest | Refusal:
         target = Target("read", RESOURCE, dsr_id, member_id, ())
         return self._gk.perform_read(conn, access, target, allowed, lambda: self.service.get(conn, dsr_id, decrypt=decrypt))
@@ -139,4 +174,4 @@ class DataRequestGate:
         )
 
 
-__all__ = ["NOT_YET", "RESOURCE", "DataRequestGate", "Move"]
+__all__ = ["DEFAULT_EXPORT_WINDOW", "EXPORTABLE", "EXPORTED", "RESOURCE", "DataRequestGate", "Move"]

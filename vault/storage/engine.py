@@ -127,4 +127,18 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-__all__ = ["SQLITE_IMMEDIATE", "make_engine", "write_transaction"]
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees one state of the database throughout, however many statements it runs.
+
+    PostgreSQL: ``REPEATABLE READ``, read only. SQLite: a deferred transaction,
+    whose snapshot (WAL) is taken at its first read and kept to its end.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+__all__ = ["SQLITE_IMMEDIATE", "make_engine", "read_snapshot", "write_transaction"]
