@@ -697,10 +697,12 @@ def test_completing_a_restriction_restricts_the_member_until_it_is_lifted(
     _event_is(journal.one_new()[0], "transition_request", filed, ["lifted"], "conflict")
 
 
-def test_completing_an_access_or_portability_request_is_not_available_yet_and_changes_nothing(
+def test_completing_an_access_or_portability_request_closes_it_and_writes_only_its_step(
     runtime: Runtime, service: DataRequestService, gate: DataRequestGate, journal: Journal
 ) -> None:
     member_id = _member(runtime)
+    with runtime.data_engine.connect() as conn:
+        before = runtime.members.read(conn, member_id, dm.categories_of(dm.Table.members)).values
     for kind in (RequestType.access, RequestType.portability):
         filed = _gate_file(runtime, gate, member_id, Filing(kind))
         assert isinstance(filed, DataRequest)
@@ -708,16 +710,12 @@ def test_completing_an_access_or_portability_request_is_not_available_yet_and_ch
         for to in PATH[:2]:
             assert isinstance(_gate_move(runtime, gate, filed, to), DataRequest)
             journal.one_new()
-        snapshot = _snapshot(runtime, filed.dsr_id)
-        refused = _gate_move(runtime, gate, filed, Status.completed, note="done?")
-        _refused(refused, Outcome.conflict, ConflictError)
-        assert str(refused.error) == f"completing this {kind.value} request is not available yet; it stays in progress"
-        _event_is(journal.one_new()[0], "transition_request", filed, ["completed"], "conflict")
-        assert _snapshot(runtime, filed.dsr_id) == snapshot
-        with runtime.data_engine.connect() as conn:
-            assert service.get(conn, filed.dsr_id).status is Status.in_progress
+        done = _gate_move(runtime, gate, filed, Status.completed, note="done?")
+        assert isinstance(done, DataRequest)
+        assert (done.status, done.steps[-1].note) == (Status.completed, "done?")
+        _event_is(journal.one_new()[0], "transition_request", filed, ["completed"], "ok")
     with runtime.data_engine.connect() as conn:
-        assert runtime.members.exists(conn, member_id)
+        assert runtime.members.read(conn, member_id, dm.categories_of(dm.Table.members)).values == before
 
 
 def test_every_gate_call_journals_exactly_one_event_without_free_text(
