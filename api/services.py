@@ -42,6 +42,8 @@ from vault.data_requests import DataRequestGate, DataRequestService
 from vault.data_requests.export import ExportBuilder
 from vault.data_requests.spool import spool_directory
 from vault.errors import VaultError
+from vault.extracts.feed import DeletionFeed
+from vault.extracts.pseudonyms import ROOT_KEY as PSEUDONYM_ROOT
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
 from vault.storage.engine import write_transaction
@@ -98,7 +100,8 @@ def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
         gatekeeper = Gatekeeper(AuditJournal())
-        consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days))
+        feed = DeletionFeed(lambda: runtime.keys.root_key(PSEUDONYM_ROOT))
+        consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days), feed=feed)
         services = Services(
             settings=settings,
             runtime=runtime,
@@ -117,6 +120,7 @@ def build(settings: Settings) -> Services:
                 runtime.ledger,
                 gatekeeper,
                 export_window=timedelta(days=settings.dsr_export_days),
+                feed=feed,
             ),
             exports=ExportBuilder(runtime.members, runtime.treatments, runtime.ledger, consent, spool_dir=spool_directory(settings.data_dir / "exports")),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),

@@ -15,15 +15,23 @@ Invariants, checked when an event is built (``AuditEvent(...)`` or
   rejection note is stored encrypted beside the event, never in it;
 - ``time`` is RFC 3339 UTC with whole seconds and ``Z`` (``2026-11-22T16:00:00Z``);
 - ``decision`` is ``allow`` or ``deny``; lists hold at most 256 items;
-- there are no numbers besides the schema version ``v`` (no floats anywhere).
+- ``details`` (optional, at most 16 entries) maps a key name
+  (``[a-z][a-z0-9_]{0,31}``) to a non-negative integer below 2**53 or an
+  identifier: counts and digests an event needs to name (an extract's row
+  count and the SHA-256 of its members), never free text;
+- there are no numbers besides the schema version ``v`` and ``details``'
+  integers (no floats anywhere).
 
-The JSON form (every key always present, ``null`` for an absent optional)::
+The JSON form (every key always present, ``null`` for an absent optional;
+``details`` only when it has entries, so events without it keep the leaf
+bytes they always had)::
 
     {"v": 1, "time": "...", "request_id": "...",
      "actor": {"subject": "...", "roles": ["..."], "client_id": "..."|null, "acting_staff": "..."|null},
      "action": "...", "resource_type": "...", "resource_id": "..."|null, "member_id": "..."|null,
      "fields": ["..."], "purpose": "..."|null, "decision": "allow"|"deny",
-     "reason_code": "...", "policy_hash": "...", "outcome": "..."}
+     "reason_code": "...", "policy_hash": "...", "outcome": "...",
+     "details": {"key": 1 | "..."}}
 
 ``from_json_obj`` is strict: a missing or unknown key, a wrong type or another
 version is refused with ``EventFormatError`` naming the key and the rule, never
@@ -33,7 +41,7 @@ the value.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -49,6 +57,9 @@ MAX_LIST_ITEMS = 256
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 _IDENT = re.compile(r"[!-~]{1,256}")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_DETAILS = 16
+MAX_DETAIL_INT = 2**53
 
 
 def event_time(now: datetime) -> str:
@@ -112,6 +123,7 @@ class AuditEvent:
     reason_code: str
     policy_hash: str
     outcome: str
+    details: tuple[tuple[str, int | str], ...] = ()  # sorted (key, value) pairs; a Mapping is accepted and sorted
 
     def __post_init__(self) -> None:
         if not isinstance(self.time, str) or not is_utc_seconds(self.time):
@@ -130,9 +142,10 @@ class AuditEvent:
         _set(self, "reason_code", _code(self.reason_code, "reason_code"))
         _set(self, "policy_hash", _ident(self.policy_hash, "policy_hash"))
         _set(self, "outcome", _code(self.outcome, "outcome"))
+        _set(self, "details", _details(self.details))
 
     def to_json_obj(self) -> dict[str, JsonValue]:
-        return {
+        obj: dict[str, JsonValue] = {
             "v": EVENT_VERSION,
             "time": self.time,
             "request_id": self.request_id,
@@ -148,6 +161,10 @@ class AuditEvent:
             "policy_hash": self.policy_hash,
             "outcome": self.outcome,
         }
+        if self.details:
+            details: dict[str, JsonValue] = dict(self.details)
+            obj["details"] = details
+        return obj
 
     def leaf_bytes(self) -> bytes:
         """The event's leaf in the audit tree: its RFC 8785 canonical JSON."""
@@ -155,7 +172,7 @@ class AuditEvent:
 
     @classmethod
     def from_json_obj(cls, obj: object) -> Self:
-        items = _exact_keys(obj, "event", cls, extra=("v",))
+        items = _exact_keys(obj, "event", cls, extra=("v",), optional=("details",))
         version = items["v"]
         if isinstance(version, bool) or not isinstance(version, int) or version != EVENT_VERSION:
             raise EventFormatError(f"v: must be {EVENT_VERSION}")
@@ -173,6 +190,7 @@ class AuditEvent:
             reason_code=items["reason_code"],
             policy_hash=items["policy_hash"],
             outcome=items["outcome"],
+            details=_json_details(items["details"]) if "details" in items else (),
         )
 
 
@@ -180,8 +198,8 @@ def _set(instance: object, name: str, value: object) -> None:
     object.__setattr__(instance, name, value)
 
 
-def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: tuple[str, ...] = ()) -> Mapping[str, Any]:
-    """``obj`` as a mapping with exactly the keys of ``kind``; its values are unchecked (``Any``) until ``__post_init__``."""
+def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """``obj`` as a mapping with exactly the keys of ``kind`` (``optional`` ones may be absent); its values are unchecked until ``__post_init__``."""
     if not isinstance(obj, Mapping):
         raise EventFormatError(f"{where}: must be a JSON object")
     expected = {f.name for f in fields(kind)} | set(extra)
@@ -189,7 +207,7 @@ def _exact_keys(obj: object, where: str, kind: type[Actor | AuditEvent], extra: 
         if key not in expected:
             shown = key if isinstance(key, str) and _KEY_NAME.fullmatch(key) else "(not shown)"
             raise EventFormatError(f"{where}: unknown key {shown}")
-    for key in sorted(expected):
+    for key in sorted(expected - set(optional)):
         if key not in obj:
             raise EventFormatError(f"{where}: missing key {key}")
     return obj
@@ -232,6 +250,34 @@ def _codes(value: object, where: str) -> tuple[str, ...]:
     if len(value) > MAX_LIST_ITEMS:
         raise EventFormatError(f"{where}: more than {MAX_LIST_ITEMS} items")
     return tuple(_code(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _json_details(value: object) -> tuple[tuple[str, Any], ...]:
+    """A JSON object's pairs; checked by ``__post_init__``."""
+    if not isinstance(value, Mapping) or not value:
+        raise EventFormatError("details: must be a non-empty JSON object when present")
+    return tuple(value.items())
+
+
+def _details(value: object) -> tuple[tuple[str, int | str], ...]:
+    pairs = value.items() if isinstance(value, Mapping) else value
+    if not isinstance(pairs, Iterable):
+        raise EventFormatError("details: must be a mapping")
+    out: dict[str, int | str] = {}
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise EventFormatError("details: must be a mapping")
+        key, item = pair
+        if not isinstance(key, str) or _DETAIL_KEY.fullmatch(key) is None:
+            raise EventFormatError("details: keys must match [a-z][a-z0-9_]{0,31}")
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise EventFormatError(f"details.{key}: must be an integer or an identifier")
+        if isinstance(item, int) and not 0 <= item < MAX_DETAIL_INT:
+            raise EventFormatError(f"details.{key}: must be a non-negative integer below 2**53")
+        out[key] = item if isinstance(item, int) else _ident(item, f"details.{key}")
+    if len(out) > MAX_DETAILS:
+        raise EventFormatError(f"details: more than {MAX_DETAILS} entries")
+    return tuple(sorted(out.items()))
 
 
 def _decision(value: object) -> Decision:

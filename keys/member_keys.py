@@ -184,6 +184,19 @@ class MemberKeys:
             ciphers[(scope, version)] = self._unwrap(owner, scope, version, kek_version, bytes(wrapped))
         return MemberKeySet(owner, ciphers)
 
+    def load_many(self, owners: Sequence[str], scope: str = DATA_SCOPE) -> dict[str, MemberKeySet]:
+        """The live ``scope`` keys of many owners in one query (bulk readers such as extracts); an owner without one is absent."""
+        if not owners:
+            return {}
+        stmt = select(MemberKeyRow.owner_id, *_KEY_COLUMNS).where(MemberKeyRow.scope == scope, MemberKeyRow.owner_id.in_(list(owners)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        found: dict[str, MemberKeySet] = {}
+        for owner, key_scope, version, kek_version, wrapped in rows:
+            keyset = found.setdefault(owner, MemberKeySet(owner, {}))
+            keyset.ciphers[(key_scope, version)] = self._unwrap(owner, key_scope, version, kek_version, bytes(wrapped))
+        return found
+
     def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[Row[str, int, int, bytes]]:
         with self.engine.connect() as conn:
             return conn.execute(stmt, params).all()

@@ -2,7 +2,10 @@
 
 - ``clients add CLIENT_ID --role R [--role R]… [--clinic ID]…`` registers a
   client and prints its secret alone on standard output — the only time it
-  is ever shown (a reminder goes to standard error).
+  is ever shown (a reminder goes to standard error). With ``--consumer
+  --purpose P --attribute A…`` [``--health``] [``--k K``]
+  [``--suppression-cap PERMILLE``] [``--format F``…] it also registers the
+  client as an extract consumer (``vault.extracts.consumers``).
 - ``clients list`` prints one line per client (id, roles, clinics, created,
   status), never a secret or its digest.
 - ``clients revoke CLIENT_ID``: the client's tokens stop working at once.
@@ -23,11 +26,13 @@ from typing import Annotated
 import typer
 from sqlalchemy import Connection
 
-from api.cli._common import operator, runtime
+from api.cli._common import fail, operator, runtime
 from api.runtime import Runtime
 from audit.event import AuditEvent, Decision, event_time
 from audit.store import AuditJournal
 from vault.clients import ROOT_KEY, Client, ClientRegistry
+from vault.extracts.consumers import DEFAULT_K, DEFAULT_SUPPRESSION_CAP_PERMILLE, ConsumerRegistry
+from vault.extracts.writers import ExtractFormat
 from vault.storage.engine import write_transaction
 
 clients_app = typer.Typer(no_args_is_help=True, help="Service clients of the token endpoint (client credentials).")
@@ -43,12 +48,31 @@ def clients_add(
     clinics: Annotated[
         list[str] | None, typer.Option("--clinic", help="A clinic id of the client's tokens, or * (repeat for several).", show_default=False)
     ] = None,
+    consumer: Annotated[bool, typer.Option("--consumer", help="Also register the client as an extract consumer (needs --purpose and --attribute).")] = False,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="The consumer's purpose (a consent purpose, e.g. loyalty_profiling).")] = None,
+    attributes: Annotated[
+        list[str] | None, typer.Option("--attribute", help="A profile attribute the consumer may receive (repeat).", show_default=False)
+    ] = None,
+    health: Annotated[bool, typer.Option("--health", help="The consumer may receive health-derived attributes (health_data consent only).")] = False,
+    k: Annotated[int, typer.Option("--k", min=2, max=1000, help="The consumer's k (each released class has at least k members).")] = DEFAULT_K,
+    cap: Annotated[
+        int, typer.Option("--suppression-cap", min=0, max=500, help="Rows that may be suppressed to reach k, per mille; beyond it an extract is refused.")
+    ] = DEFAULT_SUPPRESSION_CAP_PERMILLE,
+    formats: Annotated[list[ExtractFormat] | None, typer.Option("--format", help="An output format the consumer takes (repeat; default all).")] = None,
 ) -> None:
-    """Register a client; print its secret (shown once)."""
+    """Register a client (with --consumer, also an extract consumer); print its secret (shown once)."""
     now = datetime.now(UTC)
+    if consumer and (purpose is None or not attributes):
+        fail("--consumer needs --purpose and at least one --attribute")
     with runtime() as rt, write_transaction(rt.data_engine) as conn:
         secret = _registry(rt).add(conn, client_id, roles or [], clinics or [], now)
         record_operator_action(conn, "add_client", "client", client_id, now)
+        if consumer and purpose is not None:
+            chosen = [f.value for f in formats] if formats else [f.value for f in ExtractFormat]
+            ConsumerRegistry().register(
+                conn, client_id, purpose=purpose, attributes=attributes or [], health=health, k=k, suppression_cap_permille=cap, formats=chosen, now=now
+            )
+            record_operator_action(conn, "add_consumer", "consumer", client_id, now)
     typer.echo(secret)
     typer.echo(_SHOWN_ONCE, err=True)
 

@@ -23,16 +23,21 @@ from api.cli._common import progress as _progress
 from api.cli._common import runtime as _runtime
 from api.cli._common import settings as _settings
 from api.cli.audit import audit_app
-from api.cli.clients import clients_app
+from api.cli.clients import clients_app, record_operator_action
 from api.cli.demo_tokens import write_demo_tokens
+from api.cli.extracts import extract_app
 from api.cli.policy import policy_app
 from api.cli.tokens import revoke_token_command, token_command
 from api.runtime import init_vault, open_runtime
 from keys.errors import KeysError
 from keys.rotation import rotate_kek
+from vault.clients import ROOT_KEY as CLIENT_SECRETS_ROOT
+from vault.clients import ClientRegistry
 from vault.consent import ConsentService, ConsentState, NoticeBook
-from vault.demo import DEMO_CHANNELS, ConsentSeedReport, seed_consents, seed_members_parallel
+from vault.demo import DEMO_CHANNELS, ConsentSeedReport, seed_consents, seed_consumers, seed_members_parallel
 from vault.errors import VaultError
+from vault.extracts.consumers import ConsumerRegistry
+from vault.storage.engine import write_transaction
 from vault.storage.schema import members
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Member Vault administration.")
@@ -43,6 +48,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(clients_app, name="clients")
 app.add_typer(policy_app, name="policy")
+app.add_typer(extract_app, name="extract")
 
 
 log = structlog.get_logger("vaultctl")
@@ -56,6 +62,7 @@ def _private_files() -> None:
 
 class KeyKind(StrEnum):
     kek = "kek"
+    pseudonym = "pseudonym"
 
 
 @app.command()
@@ -110,8 +117,14 @@ def demo_seed(
             consents = seed_consents(
                 rt.data_engine, consent, rt.members, report.member_ids, seed=seed, now=now, progress=lambda n: bar.update(consent_task, completed=n)
             )
+        with write_transaction(rt.data_engine) as conn:
+            added = seed_consumers(conn, ClientRegistry(rt.keys.root_key(CLIENT_SECRETS_ROOT)), ConsumerRegistry(), now=now)
+            for consumer_id in added:
+                record_operator_action(conn, "add_consumer", "consumer", consumer_id, now)
         log.info("demo.seeded", count=report.members)
         typer.echo(_consent_counts(consents), err=True)
+        if added:
+            typer.echo(f"registered extract consumers: {', '.join(added)}", err=True)
         typer.echo(f"seeded {report.members} members, {report.treatments} treatments, {report.ledger_entries} ledger entries")
 
 
@@ -145,11 +158,25 @@ def demo_tokens(
 def keys_rotate(
     kind: Annotated[KeyKind, typer.Option("--kind", help="Which key to rotate.")],
     batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Keys re-wrapped per transaction.")] = 5000,
+    consumer: Annotated[str | None, typer.Option("--consumer", help="The extract consumer whose pseudonym key rotates (--kind pseudonym).")] = None,
 ) -> None:
-    """Rotate the KEK: add a version, re-wrap every stored key online, retire unreferenced versions.
+    """Rotate the KEK (add a version, re-wrap every stored key online, retire unreferenced versions), or a consumer's pseudonym key.
 
-    An interrupted rotation is resumed by running the command again.
+    An interrupted KEK rotation is resumed by running the command again. A
+    pseudonym rotation starts the consumer's next epoch: new pseudonyms, and a
+    generalization fixed afresh by the epoch's first extract.
     """
+    if kind is KeyKind.pseudonym:
+        if consumer is None:
+            _fail("--kind pseudonym needs --consumer")
+        now = datetime.now(UTC)
+        with _runtime() as rt, write_transaction(rt.data_engine) as conn:
+            epoch = ConsumerRegistry().rotate_epoch(conn, consumer, now)
+            record_operator_action(conn, "rotate_pseudonym_key", "consumer", consumer, now)
+        typer.echo(f"consumer {consumer}: pseudonym epoch {epoch.epoch} started")
+        return
+    if consumer is not None:
+        _fail("--consumer applies to --kind pseudonym only")
     with _runtime() as rt, _progress() as bar:
         task = bar.add_task(f"re-wrapping under a new {kind.value}", total=None)
         report = rotate_kek(rt.keys, batch=batch, progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -129,3 +129,43 @@ def test_event_is_frozen() -> None:
 
 def test_event_time_accepts_any_aware_zone() -> None:
     assert event_time(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00Z"
+
+
+# -- details: counts and digests, never free text ------------------------------------------------
+
+
+def test_details_round_trip_and_events_without_them_keep_their_leaf_bytes() -> None:
+    plain = sample_event(4)
+    detailed = AuditEvent(**{**{f: getattr(plain, f) for f in plain.__dataclass_fields__}, "details": {"rows": 12, "members_sha256": "ab" * 32}})
+    assert b'"details"' not in plain.leaf_bytes()
+    assert json.loads(detailed.leaf_bytes())["details"] == {"members_sha256": "ab" * 32, "rows": 12}
+    assert AuditEvent.from_json_obj(json.loads(detailed.leaf_bytes())) == detailed
+    assert detailed.leaf_bytes().startswith(b'{"action":"read","actor":')
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"rows": 1.5},
+        {"rows": True},
+        {"rows": -1},
+        {"rows": 2**53},
+        {"note": "free text with spaces"},
+        {"Rows": 1},
+        {"": 1},
+        {f"k{i}": i for i in range(17)},
+        {"nested": {"a": 1}},
+    ],
+)
+def test_details_refuse_floats_booleans_out_of_range_numbers_text_and_bad_keys(details: dict[str, object]) -> None:
+    plain = sample_event(4)
+    with pytest.raises(EventFormatError):
+        AuditEvent(**{**{f: getattr(plain, f) for f in plain.__dataclass_fields__}, "details": details})
+    obj = plain.to_json_obj() | {"details": details}
+    with pytest.raises(EventFormatError):
+        AuditEvent.from_json_obj(obj)
+
+
+def test_an_empty_details_object_is_refused_when_parsed() -> None:
+    with pytest.raises(EventFormatError, match="details"):
+        AuditEvent.from_json_obj(sample_event(4).to_json_obj() | {"details": {}})

@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, RowMapping, insert, select
+from sqlalchemy import Connection, RowMapping, and_, func, insert, select
 
 from keys.errors import DecryptionError
 from keys.field_cipher import FieldContext, read_header
@@ -45,8 +45,9 @@ from vault.consent.model import (
     RecorderRole,
 )
 from vault.consent.notices import NoticeBook
-from vault.consent.state import derive
+from vault.consent.state import derive, stale_from
 from vault.errors import ConflictError, NotFoundError, RecordIntegrityError, ValidationError
+from vault.extracts.feed import DeletionFeed, LeftReason
 from vault.members.repository import MemberRepository
 from vault.purposes import Purpose, consent_purposes
 from vault.storage.schema import consent_events, members
@@ -67,10 +68,11 @@ def age_on(born: date, day: date) -> int:
 
 
 class ConsentService:
-    def __init__(self, members: MemberRepository, notices: NoticeBook, *, grace: timedelta = DEFAULT_GRACE) -> None:
+    def __init__(self, members: MemberRepository, notices: NoticeBook, *, grace: timedelta = DEFAULT_GRACE, feed: DeletionFeed | None = None) -> None:
         self._members = members
         self.notices = notices
         self.grace = grace
+        self._feed = feed  # a withdrawal feeds the member's pseudonyms to the purpose's consumers
 
     # -- recording -----------------------------------------------------------
 
@@ -102,6 +104,8 @@ class ConsentService:
             "recorded_at": now,
         }
         seq = conn.execute(insert(consent_events).values(**values).returning(consent_events.c.seq)).scalar_one()
+        if request.decision is ConsentDecision.withdrawn and self._feed is not None:
+            self._feed.member_left(conn, member_id, LeftReason.withdrawn, purposes=(request.purpose,), now=now)
         return _event({**values, "seq": seq}, evidence=request.evidence)
 
     def _notice_for(self, conn: Connection, request: ConsentRequest, now: datetime) -> Notice:
@@ -163,6 +167,32 @@ class ConsentService:
         row = conn.execute(stmt).mappings().first()
         last = None if row is None else _event(row, evidence=None)
         return derive(purpose, last, self.notices.of(conn, purpose), now=now, grace=self.grace)
+
+    def live_among(self, conn: Connection, member_ids: Sequence[str], purpose: Purpose, now: datetime) -> set[str]:
+        """Those of ``member_ids`` whose consent for ``purpose`` is live at ``now`` (bulk readers: one query for the batch)."""
+        if not member_ids:
+            return set()
+        t = consent_events
+        last = (
+            select(t.c.member_id, func.max(t.c.seq).label("seq"))
+            .where(t.c.purpose == purpose.value, t.c.member_id.in_(list(member_ids)))
+            .group_by(t.c.member_id)
+            .subquery()
+        )
+        rows = conn.execute(
+            select(t.c.member_id, t.c.decision, t.c.notice_version)
+            .join(last, and_(t.c.member_id == last.c.member_id, t.c.seq == last.c.seq))
+            .where(t.c.purpose == purpose.value)
+        )
+        notices = self.notices.of(conn, purpose)
+        live: set[str] = set()
+        for member_id, decision, version in rows:
+            if decision != ConsentDecision.granted.value or version is None:
+                continue
+            stale_at = stale_from(int(version), notices, self.grace)
+            if stale_at is None or stale_at > now:
+                live.add(str(member_id))
+        return live
 
     def has_live_consent(self, conn: Connection, member_id: str, purpose: Purpose, now: datetime) -> bool:
         return self.state(conn, member_id, purpose, now).live

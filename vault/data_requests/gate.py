@@ -13,9 +13,11 @@
     history, blind index) — the only way the dpo writes member data;
   - ``objection``: each named purpose is withdrawn (a consent event on
     channel ``request``, evidence ``dsr:<id>``, recorded by the dpo);
-  - ``restriction``: nothing to write — the member is restricted while the
-    request stays ``completed`` (``DataRequestService.is_restricted``);
-  - ``erasure``: a positive card balance is settled first — a ``refund``
+  - ``restriction``: the member is restricted while the request stays
+    ``completed`` (``DataRequestService.is_restricted``), and their
+    pseudonyms enter the deletion feed of every consumer that received them;
+  - ``erasure``: the member's pseudonyms enter every consumer's deletion
+    feed; a positive card balance is settled first — a ``refund``
     ledger entry, whose id the request keeps — never silently destroyed; the
     crypto-shredding itself (``vault.erasure.Eraser``) runs after this
     transaction commits, so the step and its audit event come first, and an
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
@@ -45,6 +47,7 @@ from vault.data_requests.export import ExportTicket
 from vault.data_requests.model import DataRequest, ReasonCode, RequestType, Status
 from vault.data_requests.service import DataRequestService, Filer, Filing, objection_purposes, rectification_changes
 from vault.errors import ConflictError, ValidationError
+from vault.extracts.feed import DeletionFeed, LeftReason
 from vault.ids import new_id
 from vault.ledger import Ledger
 from vault.members.gate import MemberBody
@@ -76,9 +79,11 @@ class DataRequestGate:
         gatekeeper: Gatekeeper,
         *,
         export_window: timedelta = DEFAULT_EXPORT_WINDOW,
+        feed: DeletionFeed | None = None,
     ) -> None:
         self.service = service
         self._export_window = export_window
+        self._feed = feed  # an erasure or a restriction feeds the member's pseudonyms to every consumer that received them
         self._members = members
         self._ledger = ledger
         self._consent = consent
@@ -129,15 +134,22 @@ class DataRequestGate:
             body = MemberBody.parse(rectification_changes(request))
             self._members.update(conn, request.member_id, body.valid_values())
         elif request.type is RequestType.erasure:
+            self._left(conn, request.member_id, LeftReason.erased, access.now)
             balance = self._ledger.balance(conn, request.member_id)
             if balance.amount > 0:
                 refund = self._ledger.append(conn, request.member_id, {"entry_type": "refund", "amount": balance.amount})
                 self.service.record_settlement(conn, request.dsr_id, refund.entry_id)
+        elif request.type is RequestType.restriction:
+            self._left(conn, request.member_id, LeftReason.restricted, access.now)
         elif request.type is RequestType.objection:
             recorder = Recorder(access.actor.subject, RecorderRole.dpo)
             for purpose in objection_purposes(request):
                 withdrawal = ConsentRequest(purpose, ConsentDecision.withdrawn, ConsentChannel.request, evidence=f"dsr:{request.dsr_id}")
                 self._consent.record(conn, request.member_id, withdrawal, recorder, consent_id=new_id(), request_id=access.request_id, now=access.now)
+
+    def _left(self, conn: Connection, member_id: str, reason: LeftReason, now: datetime) -> None:
+        if self._feed is not None:
+            self._feed.member_left(conn, member_id, reason, purposes=None, now=now)
 
     def certificate(self, conn: Connection, access: Access, *, allowed: bool, dsr_id: str, member_id: str | None) -> ErasureFacts | Refusal:
         """What the erasure certificate of ``dsr_id`` states (the edge signs it); a request that is no finished erasure is a conflict."""

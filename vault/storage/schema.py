@@ -321,6 +321,81 @@ data_request_steps = Table(
     UniqueConstraint("dsr_id", "seq"),
 )
 
+# -- pseudonymized extracts: consumers, their pseudonym epochs, extract jobs, who was in each, the deletion feed ---------
+
+consumers = Table(
+    "consumers",
+    metadata,
+    # A registered downstream consumer is a service client: its tokens' subject.
+    Column("consumer_id", String(64), ForeignKey("clients.client_id"), primary_key=True),
+    Column("purpose", String(32), nullable=False),
+    Column("attributes", String(1024), nullable=False),  # JSON list of profile attribute names
+    Column("health", Boolean, nullable=False),  # may receive health-derived attributes (of members with health_data consent)
+    Column("k", Integer, nullable=False),
+    Column("suppression_cap_permille", Integer, nullable=False),
+    Column("formats", String(64), nullable=False),  # JSON list of ndjson, csv, parquet
+    _ts("created_at"),
+    CheckConstraint("k >= 2 AND k <= 1000", name="k"),
+    CheckConstraint("suppression_cap_permille >= 0 AND suppression_cap_permille <= 500", name="suppression_cap"),
+)
+
+pseudonym_epochs = Table(
+    "pseudonym_epochs",
+    metadata,
+    Column("consumer_id", String(64), ForeignKey("consumers.consumer_id"), primary_key=True),
+    Column("epoch", Integer, primary_key=True),
+    _ts("started_at"),
+    # Fixed by the epoch's first extract, so later extracts cannot be intersected: JSON {attribute: level name}.
+    Column("generalization", String(1024), nullable=True),
+    CheckConstraint("epoch >= 1", name="epoch"),
+)
+
+extracts = Table(
+    "extracts",
+    metadata,
+    Column("extract_id", String(ID_LENGTH), primary_key=True),
+    Column("consumer_id", String(64), ForeignKey("consumers.consumer_id"), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("since", String(64), nullable=True),
+    Column("row_count", BigInteger, nullable=True),
+    Column("content_sha256", String(64), nullable=True),
+    Column("members_sha256", String(64), nullable=True),  # SHA-256 of the sorted list of included member ids
+    Column("manifest", Text, nullable=True),  # the signed manifest (JWS)
+    Column("reason", String(64), nullable=True),  # why it was refused or failed (a code)
+    Column("requested_by", String(256), nullable=False),
+    _ts("created_at"),
+    _ts("finished_at", nullable=True),
+    CheckConstraint("format IN ('ndjson', 'csv', 'parquet')", name="format"),
+    CheckConstraint("status IN ('running', 'done', 'refused', 'failed')", name="status"),
+    Index(None, "consumer_id", "created_at"),
+)
+
+extract_members = Table(
+    "extract_members",
+    metadata,
+    Column("extract_id", String(ID_LENGTH), ForeignKey("extracts.extract_id"), primary_key=True),
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), primary_key=True),
+    Index(None, "member_id"),
+)
+
+deletion_feed = Table(
+    "deletion_feed",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), Identity(always=True), primary_key=True),
+    Column("consumer_id", String(64), ForeignKey("consumers.consumer_id"), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("pseudonym", String(64), nullable=False),
+    Column("reason", String(16), nullable=False),
+    _ts("at"),
+    CheckConstraint("reason IN ('withdrawn', 'erased', 'restricted')", name="reason"),
+    Index(None, "consumer_id", "seq"),
+    UniqueConstraint("consumer_id", "epoch", "pseudonym"),
+)
+
 __all__ = [
     "auth_throttle",
     "blind_index",
@@ -328,9 +403,13 @@ __all__ = [
     "clients",
     "consent_events",
     "consent_notices",
+    "consumers",
     "data_request_steps",
     "data_requests",
+    "deletion_feed",
     "erasures",
+    "extract_members",
+    "extracts",
     "field_history",
     "idempotency_keys",
     "ledger_entries",
@@ -338,6 +417,7 @@ __all__ = [
     "members",
     "metadata",
     "policy_versions",
+    "pseudonym_epochs",
     "revoked_tokens",
     "treatments",
 ]

@@ -1,0 +1,107 @@
+"""``extract_members`` and ``deletion_feed`` are append-only at the database level, like the audit tables.
+
+On SQLite, triggers refuse UPDATE, DELETE and INSERT OR REPLACE on every
+connection; on PostgreSQL, row and TRUNCATE triggers refuse them for every role,
+the owner included, and the application role holds no UPDATE, DELETE or
+TRUNCATE grant at all. Nothing changes in either table after a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import DBAPIError
+
+from api.runtime import Runtime
+from tests.vault.factories import other_member_values
+from vault.clients import ROOT_KEY, ClientRegistry
+from vault.extracts.consumers import ConsumerRegistry
+from vault.ids import new_id
+from vault.storage.engine import make_engine, write_transaction
+from vault.storage.schema import deletion_feed, extract_members, extracts
+
+NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+MESSAGE = "extract membership and the deletion feed are append-only"
+CHANGES = {
+    "extract_members": ("UPDATE extract_members SET member_id = extract_id", "DELETE FROM extract_members"),
+    "deletion_feed": ("UPDATE deletion_feed SET reason = 'erased'", "DELETE FROM deletion_feed"),
+}
+REPLACE = {
+    "extract_members": "INSERT OR REPLACE INTO extract_members (extract_id, member_id) SELECT extract_id, member_id FROM extract_members",
+    "deletion_feed": (
+        "INSERT OR REPLACE INTO deletion_feed (seq, consumer_id, epoch, pseudonym, reason, at) "
+        "SELECT seq, consumer_id, epoch, pseudonym, reason, at FROM deletion_feed"
+    ),
+}
+
+
+def _rows(engine: Engine) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(extract_members))], [tuple(r) for r in conn.execute(select(deletion_feed))]
+
+
+@pytest.fixture
+def stored(runtime: Runtime) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with write_transaction(runtime.data_engine) as conn:
+        member_id = runtime.members.create(conn, other_member_values(5))
+        ClientRegistry(runtime.keys.root_key(ROOT_KEY)).add(conn, "loyalty-app", ["loyalty_service"], [], NOW)
+        ConsumerRegistry().register(conn, "loyalty-app", purpose="loyalty_profiling", attributes=["tier"], health=False, now=NOW)
+        extract_id = new_id()
+        conn.execute(
+            insert(extracts).values(
+                extract_id=extract_id,
+                consumer_id="loyalty-app",
+                purpose="loyalty_profiling",
+                format="ndjson",
+                epoch=1,
+                status="done",
+                k=5,
+                requested_by="t",
+                created_at=NOW,
+            )
+        )
+        conn.execute(insert(extract_members).values(extract_id=extract_id, member_id=member_id))
+        conn.execute(insert(deletion_feed).values(consumer_id="loyalty-app", epoch=1, pseudonym="ab" * 16, reason="withdrawn", at=NOW))
+    rows = _rows(runtime.data_engine)
+    assert (len(rows[0]), len(rows[1])) == (1, 1)
+    return rows
+
+
+@pytest.fixture
+def owner(runtime: Runtime) -> Iterator[Engine]:
+    engine = make_engine(runtime.settings.data_migration_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("table", sorted(CHANGES))
+def test_rows_cannot_be_changed_or_deleted_by_the_app_or_the_owner(runtime: Runtime, owner: Engine, stored: object, table: str) -> None:
+    for engine in (runtime.data_engine, owner):
+        for statement in CHANGES[table]:
+            with pytest.raises(DBAPIError) as refused, engine.begin() as conn:
+                conn.execute(text(statement))
+            if runtime.data_engine.dialect.name == "sqlite" or engine is owner:
+                assert MESSAGE in str(refused.value)
+    assert _rows(runtime.data_engine) == stored
+
+
+@pytest.mark.parametrize("table", sorted(REPLACE))
+def test_sqlite_refuses_insert_or_replace(runtime: Runtime, stored: object, table: str) -> None:
+    if runtime.data_engine.dialect.name != "sqlite":
+        pytest.skip("INSERT OR REPLACE is SQLite's")
+    with pytest.raises(DBAPIError, match=MESSAGE), runtime.data_engine.begin() as conn:
+        conn.execute(text(REPLACE[table]))
+    assert _rows(runtime.data_engine) == stored
+
+
+@pytest.mark.parametrize("table", sorted(CHANGES))
+def test_postgres_refuses_truncate_for_every_role(runtime: Runtime, owner: Engine, stored: object, table: str) -> None:
+    if runtime.data_engine.dialect.name != "postgresql":
+        pytest.skip("TRUNCATE is PostgreSQL's")
+    for engine in (runtime.data_engine, owner):
+        with pytest.raises(DBAPIError), engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {table} CASCADE"))
+    assert _rows(runtime.data_engine) == stored

@@ -1,0 +1,1 @@
+"""Pseudonymized, consent-gated, k-anonymous profile extracts for downstream consumers."""

@@ -1,0 +1,327 @@
+"""One extract, end to end: eligible members → profiles → k-anonymous plan → streamed file → signed manifest → one audit event.
+
+``ExtractRunner.run`` works in two passes over one read snapshot, with memory
+bounded by a batch and by the number of distinct quasi-identifier tuples:
+
+1. every eligible member (``ProfileSource``) gets a profile and the consumer's
+   pseudonym for the current epoch; its level-0 quasi-identifiers go into the
+   ``Histogram`` and the whole row into an encrypted ``Spool``;
+2. ``choose`` plans the generalization (k = max(consumer's k, requested k),
+   distinct l-diversity for health-derived attributes, the consumer's
+   suppression cap; the epoch's fixed generalization once its first extract
+   fixed one). Refused → the extract is ``refused``, nothing is written to
+   ``out``. Otherwise the spooled rows are released through the plan into
+   the format writer.
+
+Then, in one transaction: the included members go into ``extract_members``,
+the epoch's generalization is fixed, the extract row is ``done`` with its
+counts, hashes and signed manifest, and the extract's one audit event is
+journaled (action ``extract``, resource the extract, the released attributes
+in ``fields``, the row count and the SHA-256 of the sorted included member ids
+in ``details``). A refusal is journaled the same way, outcome ``refused``.
+
+``rfm``'s M digit is the 12-month spend: when ``spend_band`` is not released
+at its finest level, the digit is masked (``M*``) so ``rfm`` cannot undo the
+generalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import jwt
+from sqlalchemy import Engine, insert, update
+
+from audit.event import Actor, AuditEvent, Decision, event_time
+from audit.store import AuditJournal
+from keys.member_keys import MemberKeys
+from keys.signing import SigningKey
+from vault.data_requests.spool import Spool
+from vault.extracts import hierarchies as hi
+from vault.extracts import profile as pf
+from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
+from vault.extracts.consumers import Consumer, ConsumerRegistry
+from vault.extracts.pseudonyms import ROOT_KEY, Pseudonymizer
+from vault.extracts.source import ProfileSource
+from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
+from vault.storage.engine import read_snapshot, write_transaction
+from vault.storage.schema import extract_members, extracts
+from vault.times import rfc3339_seconds
+
+MANIFEST_TYPE = "extract-manifest+jwt"
+MANIFEST_VERSION = "member-vault/extract-manifest/1"
+DEFAULT_L = 2
+RESOURCE = "extract"
+_WRITE_BATCH = 2000
+OutRow = tuple[str | tuple[str, ...] | None, ...]
+_MEMBERS_CHUNK = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractRequest:
+    extract_id: str
+    consumer: Consumer
+    fmt: ExtractFormat
+    requested_k: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractAudit:
+    """Who the extract's audit event names, and under which policy."""
+
+    actor: Actor
+    request_id: str
+    policy_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractSigning:
+    key: SigningKey
+    issuer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractOutcome:
+    extract_id: str
+    status: str  # done | refused
+    rows: int
+    reason: str | None = None
+    written: Written | None = None
+    members_sha256: str | None = None
+    manifest: str | None = None
+    claims: dict[str, object] | None = None
+
+
+class ExtractRunner:
+    def __init__(self, engine: Engine, keys: MemberKeys, source: ProfileSource, registry: ConsumerRegistry, *, spool_dir: Path | None = None) -> None:
+        self._engine = engine
+        self._keys = keys
+        self._source = source
+        self._registry = registry
+        self._spool_dir = spool_dir
+        self._journal = AuditJournal()
+
+    def run(
+        self,
+        request: ExtractRequest,
+        out: BinaryIO,
+        *,
+        audit: ExtractAudit,
+        signing: ExtractSigning,
+        now: datetime,
+        progress: Callable[[int], None] | None = None,
+    ) -> ExtractOutcome:
+        """Run the extract into ``out``; ``progress`` is told how many members were profiled so far."""
+        consumer = request.consumer
+        k = max(consumer.k, request.requested_k or 0)
+        with write_transaction(self._engine) as conn:
+            epoch = self._registry.epoch(conn, consumer.consumer_id)
+            conn.execute(
+                insert(extracts).values(
+                    extract_id=request.extract_id,
+                    consumer_id=consumer.consumer_id,
+                    purpose=consumer.purpose.value,
+                    format=request.fmt.value,
+                    epoch=epoch.epoch,
+                    status="running",
+                    k=k,
+                    requested_by=audit.actor.subject,
+                    created_at=now,
+                )
+            )
+        attributes = consumer.attributes
+        qi_names = [h.attribute for h in hi.QUASI_IDENTIFIERS if h.attribute in attributes]
+        sensitive_names = [a.name for a in pf.SENSITIVE if a.name in attributes and consumer.health]
+        with Spool(self._spool_dir) as rows, Spool(self._spool_dir) as included:
+            histogram = Histogram(qi_names, sensitive_names)
+            self._first_pass(consumer, epoch.epoch, histogram, rows, names=(qi_names, sensitive_names), now=now, progress=progress)
+            try:
+                plan = choose(
+                    histogram,
+                    [hi.hierarchy(n) for n in qi_names],
+                    k=k,
+                    l=DEFAULT_L,
+                    cap=Fraction(consumer.suppression_cap_permille, 1000),
+                    fixed=epoch.generalization,
+                )
+            except AnonymityRefusedError:
+                return self._refuse(request, histogram.rows, audit, now)
+            columns = [Column("pseudonym"), *(Column(n) for n in qi_names), *(Column(n) for n in sensitive_names), *_plain_columns(consumer)]
+            writer = open_writer(request.fmt, columns, out)
+            members_sha = hashlib.sha256()
+            released = 0
+            for batch in _chunks(self._second_pass(plan, rows, consumer, qi_names), _WRITE_BATCH):
+                writer.write([row for _, row in batch])
+                ids = [member_id for member_id, _ in batch]
+                members_sha.update("".join(f"{i}\n" for i in ids).encode("ascii"))
+                included.write("\n".join(ids).encode("ascii"))
+                released += len(batch)
+            written = writer.close()
+            claims = _manifest(
+                request, consumer, epoch.epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now
+            )
+            manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
+            with write_transaction(self._engine) as conn:
+                for chunk in included.read():
+                    conn.execute(insert(extract_members), [{"extract_id": request.extract_id, "member_id": m} for m in chunk.decode("ascii").split("\n")])
+                if epoch.generalization is None:
+                    self._registry.fix_generalization(conn, consumer.consumer_id, epoch.epoch, plan.generalization)
+                conn.execute(
+                    update(extracts)
+                    .where(extracts.c.extract_id == request.extract_id)
+                    .values(
+                        status="done",
+                        row_count=released,
+                        content_sha256=written.sha256,
+                        members_sha256=members_sha.hexdigest(),
+                        manifest=manifest,
+                        finished_at=now,
+                    )
+                )
+                self._journal.append(conn, _event(request, audit, now, outcome="ok", rows=released, members_sha256=members_sha.hexdigest()), now=now)
+        return ExtractOutcome(request.extract_id, "done", released, None, written, members_sha.hexdigest(), manifest, claims)
+
+    def _first_pass(
+        self,
+        consumer: Consumer,
+        epoch: int,
+        histogram: Histogram,
+        rows: Spool,
+        *,
+        names: tuple[Sequence[str], Sequence[str]],
+        now: datetime,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        qi_names, sensitive_names = names
+        fields = sorted({f for a in pf.ATTRIBUTES if a.name in consumer.attributes for f in a.source_fields})
+        builders = {health: pf.ProfileBuilder(consumer.attributes, health=health) for health in (False, True)}
+        qi_index = [i for i, h in enumerate(hi.QUASI_IDENTIFIERS) if h.attribute in qi_names]
+        sensitive_index = [i for i, a in enumerate(pf.SENSITIVE) if a.name in sensitive_names]
+        pseudonym = Pseudonymizer(self._keys.root_key(ROOT_KEY), consumer.consumer_id, epoch)
+        as_of = now.date()
+        with read_snapshot(self._engine) as conn:
+            for batch in self._source.batches(conn, consumer.purpose, fields=fields, want_health=consumer.health and bool(sensitive_names), now=now):
+                lines = []
+                for row in batch:
+                    profile = builders[consumer.health and row.health].build(row.facts, as_of)
+                    qi = tuple(profile.qi[i] for i in qi_index)
+                    sensitive = tuple(_hashable(profile.sensitive[i]) for i in sensitive_index) if sensitive_names else None
+                    histogram.add(qi, sensitive)
+                    lines.append(json.dumps([row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain], ensure_ascii=False, separators=(",", ":")))
+                if lines:
+                    rows.write(("\n".join(lines) + "\n").encode("utf-8"))
+                if progress is not None:
+                    progress(histogram.rows)
+
+    def _second_pass(self, plan: Plan, rows: Spool, consumer: Consumer, qi_names: Sequence[str]) -> Iterator[tuple[str, OutRow]]:
+        plain_names = [c.name for c in _plain_columns(consumer)]
+        mask_rfm = "rfm" in plain_names and plan.generalization.get("spend_band") != hi.hierarchy("spend_band").levels[0]
+        for chunk in rows.read():
+            for line in chunk.decode("utf-8").splitlines():
+                member_id, pseudonym, qi, sensitive, plain = json.loads(line)
+                released = plan.release(tuple(qi), None if sensitive is None else tuple(_hashable(v) for v in sensitive))
+                if released is None:
+                    continue
+                if mask_rfm and plain.get("rfm"):
+                    plain["rfm"] = plain["rfm"][:-1] + "*"
+                values = [_cell(plain.get(n)) for n in plain_names]
+                hidden = tuple(_hashable(v) for v in released.sensitive or ())
+                yield member_id, (pseudonym, *released.qi, *hidden, *values)
+
+    def _refuse(self, request: ExtractRequest, rows: int, audit: ExtractAudit, now: datetime) -> ExtractOutcome:
+        with write_transaction(self._engine) as conn:
+            conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(status="refused", reason="k_unreachable", finished_at=now))
+            self._journal.append(conn, _event(request, audit, now, outcome="refused", rows=0, members_sha256=None), now=now)
+        return ExtractOutcome(request.extract_id, "refused", rows, "k_unreachable")
+
+
+def _plain_columns(consumer: Consumer) -> list[Column]:
+    lists = {"interest_tags", "preferred_categories", "top_categories"}
+    return [Column(a.name, is_list=a.name in lists) for a in pf.ATTRIBUTES if a.name in consumer.attributes and a.role is pf.Role.attribute]
+
+
+def _hashable(value: object) -> str | tuple[str, ...] | None:
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value)
+    return None if value is None else str(value)
+
+
+def _cell(value: object) -> str | tuple[str, ...] | None:
+    return _hashable(value)
+
+
+def _chunks(items: Iterator[tuple[str, OutRow]], size: int) -> Iterator[list[tuple[str, OutRow]]]:
+    batch: list[tuple[str, OutRow]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _manifest(
+    request: ExtractRequest,
+    consumer: Consumer,
+    epoch: int,
+    plan: Plan,
+    written: Written,
+    *,
+    k: int,
+    columns: Sequence[Column],
+    policy_hash: str,
+    issuer: str,
+    now: datetime,
+) -> dict[str, object]:
+    return {
+        "iss": issuer,
+        "iat": int(now.timestamp()),
+        "jti": request.extract_id,
+        "manifest_version": MANIFEST_VERSION,
+        "extract_id": request.extract_id,
+        "consumer": consumer.consumer_id,
+        "purpose": consumer.purpose.value,
+        "epoch": epoch,
+        "format": request.fmt.value,
+        "attributes": [c.name for c in columns],
+        "row_count": written.rows,
+        "content_sha256": written.sha256,
+        "content_bytes": written.size,
+        "k": k,
+        "anonymity": plan.to_json(),
+        "consent_snapshot_at": rfc3339_seconds(now),
+        "policy_hash": policy_hash,
+    }
+
+
+def _event(request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outcome: str, rows: int, members_sha256: str | None) -> AuditEvent:
+    details: dict[str, int | str] = {"rows": rows, "consumer": request.consumer.consumer_id}
+    if members_sha256 is not None:
+        details["members_sha256"] = members_sha256
+    return AuditEvent(
+        time=event_time(now),
+        request_id=audit.request_id,
+        actor=audit.actor,
+        action="extract",
+        resource_type=RESOURCE,
+        resource_id=request.extract_id,
+        member_id=None,
+        fields=request.consumer.attributes,
+        purpose=request.consumer.purpose.value,
+        decision=Decision.ALLOW,
+        reason_code="allowed" if outcome == "ok" else "k_unreachable",
+        policy_hash=audit.policy_hash,
+        outcome=outcome,
+        details=tuple(sorted(details.items())),
+    )
+
+
+__all__ = ["DEFAULT_L", "MANIFEST_TYPE", "MANIFEST_VERSION", "ExtractAudit", "ExtractOutcome", "ExtractRequest", "ExtractRunner", "ExtractSigning"]
