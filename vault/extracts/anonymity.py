@@ -89,9 +89,15 @@ class AnonymityRefusedError(Exception):
 
 
 class Histogram:
-    """First pass: counts per distinct level-0 quasi-identifier tuple, and per tuple the distinct sensitive values."""
+    """First pass: counts per distinct level-0 quasi-identifier tuple, and per tuple the distinct sensitive values.
 
-    __slots__ = ("_bits", "_counts", "_masks", "_rows", "_width", "attributes", "sensitive_attributes")
+    Each (sensitive attribute, value) seen gets one bit; a distinct sensitive
+    tuple is coded once as the OR of its values' bits, and a quasi-identifier
+    tuple keeps the OR of its rows' codes. Memory grows with the distinct
+    quasi-identifier tuples and the sensitive values' domain, never with the rows.
+    """
+
+    __slots__ = ("_bits", "_codes", "_counts", "_masks", "_rows", "_width", "attributes", "sensitive_attributes")
 
     def __init__(self, attributes: Sequence[str], sensitive_attributes: Sequence[str] = ()) -> None:
         self.attributes = tuple(attributes)
@@ -99,8 +105,9 @@ class Histogram:
         self._width = len(self.attributes)
         self._rows = 0
         self._counts: dict[tuple[str | None, ...], int] = {}
-        self._masks: dict[tuple[str | None, ...], list[int]] = {}
-        self._bits: tuple[dict[Hashable, int], ...] = tuple({} for _ in self.sensitive_attributes)
+        self._masks: dict[tuple[str | None, ...], int] = {}  # quasi-identifier tuple → bits of its sensitive values
+        self._codes: dict[Sensitive, int] = {}  # a sensitive tuple → the bits of its values
+        self._bits: tuple[dict[Hashable, int], ...] = tuple({} for _ in self.sensitive_attributes)  # per attribute, value → bit
 
     @property
     def rows(self) -> int:
@@ -120,20 +127,27 @@ class Histogram:
         self._rows += 1
         if sensitive is None:
             return
+        code = self._codes.get(sensitive)
+        if code is None:
+            code = self._code(sensitive)
+        if code:
+            self._masks[qi] = self._masks.get(qi, 0) | code
+
+    def _code(self, sensitive: Sensitive) -> int:
         if len(sensitive) != len(self._bits):
             raise ValueError(f"histogram: a row with {len(sensitive)} sensitive values, expected {len(self._bits)}")
-        if not self._bits:
-            return
-        masks = self._masks.get(qi)
-        if masks is None:
-            masks = self._masks[qi] = [0] * len(self._bits)
-        for i, value in enumerate(sensitive):
+        code = 0
+        for bits, value in zip(self._bits, sensitive, strict=True):
             if value is not None:
-                bits = self._bits[i]
-                bit = bits.get(value)
-                if bit is None:
-                    bit = bits[value] = 1 << len(bits)
-                masks[i] |= bit
+                if value not in bits:
+                    bits[value] = 1 << sum(map(len, self._bits))
+                code |= bits[value]
+        self._codes[sensitive] = code
+        return code
+
+    def _attribute_bits(self) -> list[int]:
+        """Per sensitive attribute, the OR of its values' bits."""
+        return [sum(bits.values()) for bits in self._bits]
 
 
 class Released(NamedTuple):
@@ -172,18 +186,21 @@ class Plan:
 
     def release(self, qi: tuple[str | None, ...], sensitive: Sensitive | None = None) -> Released | None:
         """The released form of one row, or ``None`` if its class is suppressed."""
-        if len(qi) != len(self._labels):
-            raise ValueError(f"release: a row with {len(qi)} quasi-identifiers, expected {len(self._labels)}")
-        if sensitive is not None and len(sensitive) != len(self.sensitive_attributes):
-            raise ValueError(f"release: a row with {len(sensitive)} sensitive values, expected {len(self.sensitive_attributes)}")
+        maps = self._labels
+        if len(qi) != len(maps):
+            raise ValueError(f"release: a row with {len(qi)} quasi-identifiers, expected {len(maps)}")
         try:
-            labels = tuple(map(getitem, self._labels, qi))
+            labels = tuple(map(getitem, maps, qi))
         except KeyError:  # a level-0 value the first pass did not see
             labels = tuple(h.generalize(v, level) for h, v, level in zip(self._hierarchies, qi, self.levels, strict=True))
         withheld = self._released.get(labels)
         if withheld is None:
             return None
-        if sensitive is None or not withheld:
+        if sensitive is None:
+            return Released(labels, None)
+        if len(sensitive) != len(self.sensitive_attributes):
+            raise ValueError(f"release: a row with {len(sensitive)} sensitive values, expected {len(self.sensitive_attributes)}")
+        if not withheld:
             return Released(labels, sensitive)
         values = list(sensitive)
         for i in withheld:
@@ -349,22 +366,17 @@ class _Diversity:
 
 
 def _diversity(histogram: Histogram, lattice: _Lattice, node: Node, classes: Classes, *, k: int, l: int) -> _Diversity:  # noqa: E741
-    merged: dict[int, list[int]] = {}
+    merged: dict[int, int] = {}
     codes = lattice.key(node)
-    for raw, masks in histogram._masks.items():
+    for raw, mask in histogram._masks.items():
         key = sum(map(getitem, codes, raw))
-        if classes[key] < k:
-            continue
-        into = merged.get(key)
-        if into is None:
-            merged[key] = masks.copy()
-        else:
-            for i, mask in enumerate(masks):
-                into[i] |= mask
+        if classes[key] >= k:
+            merged[key] = merged.get(key, 0) | mask
+    attribute_bits = histogram._attribute_bits()
     withheld: dict[int, tuple[int, ...]] = {}
     fewest: int | None = None
-    for key, masks in merged.items():
-        distinct = [mask.bit_count() for mask in masks]
+    for key, mask in merged.items():
+        distinct = [(mask & bits).bit_count() for bits in attribute_bits]
         low = tuple(i for i, d in enumerate(distinct) if 0 < d < l)
         if low:
             withheld[key] = low
@@ -527,9 +539,8 @@ class _Search:
         """The nodes of the lowest height meeting the cap (the top node is known to meet it).
 
         Descends while the height below holds a passing node, jumping to the
-        lowest passing node any walk met. When the height below resists a few
-        tries, the current height (then likely the answer) is evaluated in full
-        first so that its failures tag the height below.
+        lowest passing node any walk met on the way, then evaluates every node of
+        the final height not known to fail.
         """
         height = self.lowest
         while height > 0:
