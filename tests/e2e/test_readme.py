@@ -30,7 +30,8 @@ def test_the_readme_shows_vaultctl_commands() -> None:
 
 @pytest.mark.parametrize("args", readme_commands(), ids=lambda args: " ".join(args[:2]))
 def test_each_readme_command_and_its_options_exist(args: list[str]) -> None:
-    path = [a for a in args if not a.startswith("-")][: 2 if args[0] in {"demo", "keys", "audit", "clients", "policy"} else 1]
+    groups = {group.name for group in app.registered_groups}
+    path = [a for a in args if not a.startswith("-")][: 2 if args[0] in groups else 1]
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     for option in (a for a in args if a.startswith("--")):
