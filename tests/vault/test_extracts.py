@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.runtime import Runtime
 from audit.event import Actor, AuditEvent
@@ -49,7 +49,7 @@ from vault.extracts.writers import ExtractFormat
 from vault.ids import new_id
 from vault.purposes import Purpose
 from vault.storage.engine import write_transaction
-from vault.storage.schema import extract_members, extracts
+from vault.storage.schema import consumers, extract_members, extracts
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 STATIC = ["gender", "age_band", "region", "education", "income_band"]
@@ -286,3 +286,19 @@ def test_a_request_that_cannot_reach_k_within_the_cap_is_refused_and_releases_no
         feed_epoch = vault.registry.epoch(conn, "loyalty-app")
     assert status == "refused"
     assert feed_epoch.generalization is None  # a refused run fixes nothing
+
+
+def test_a_run_that_fails_midway_is_marked_failed_with_a_code_and_holds_no_members(vault: Vault) -> None:
+    vault.consumer("loyalty-app", ["gender", "tier"], k=2)
+    _grant_all(vault)
+    vault.run("loyalty-app")  # fixes the epoch's generalization over gender alone
+    with write_transaction(vault.rt.data_engine) as conn:
+        conn.execute(update(consumers).where(consumers.c.consumer_id == "loyalty-app").values(attributes=json.dumps(["gender", "age_band", "tier"])))
+
+    with pytest.raises(ValueError, match="fixed generalization names other attributes"):
+        vault.run("loyalty-app")
+
+    with vault.rt.data_engine.connect() as conn:
+        failed = conn.execute(select(extracts.c.extract_id, extracts.c.status, extracts.c.reason).where(extracts.c.status != "done")).one()
+    assert (failed.status, failed.reason) == ("failed", "valueerror")
+    assert vault.included(failed.extract_id) == set()

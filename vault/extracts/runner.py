@@ -136,12 +136,35 @@ class ExtractRunner:
                     created_at=now,
                 )
             )
+        try:
+            return self._produce(request, out, epoch.epoch, epoch.generalization, k=k, audit=audit, signing=signing, now=now, progress=progress)
+        except Exception as exc:
+            # Nothing was released (the caller discards ``out``): the job is marked failed with a code, never left running.
+            with write_transaction(self._engine) as conn:
+                failed = {"status": "failed", "reason": type(exc).__name__.lower()[:64], "finished_at": now}
+                conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(**failed))
+            raise
+
+    def _produce(
+        self,
+        request: ExtractRequest,
+        out: BinaryIO,
+        epoch: int,
+        fixed: dict[str, str] | None,
+        *,
+        k: int,
+        audit: ExtractAudit,
+        signing: ExtractSigning,
+        now: datetime,
+        progress: Callable[[int], None] | None,
+    ) -> ExtractOutcome:
+        consumer = request.consumer
         attributes = consumer.attributes
         qi_names = [h.attribute for h in hi.QUASI_IDENTIFIERS if h.attribute in attributes]
         sensitive_names = [a.name for a in pf.SENSITIVE if a.name in attributes and consumer.health]
         with Spool(self._spool_dir) as rows, Spool(self._spool_dir) as included:
             histogram = Histogram(qi_names, sensitive_names)
-            self._first_pass(consumer, epoch.epoch, histogram, rows, names=(qi_names, sensitive_names), now=now, progress=progress)
+            self._first_pass(consumer, epoch, histogram, rows, names=(qi_names, sensitive_names), now=now, progress=progress)
             try:
                 plan = choose(
                     histogram,
@@ -149,7 +172,7 @@ class ExtractRunner:
                     k=k,
                     l=DEFAULT_L,
                     cap=Fraction(consumer.suppression_cap_permille, 1000),
-                    fixed=epoch.generalization,
+                    fixed=fixed,
                 )
             except AnonymityRefusedError:
                 return self._refuse(request, histogram.rows, audit, now)
@@ -164,15 +187,13 @@ class ExtractRunner:
                 included.write("\n".join(ids).encode("ascii"))
                 released += len(batch)
             written = writer.close()
-            claims = _manifest(
-                request, consumer, epoch.epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now
-            )
+            claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
                 for chunk in included.read():
                     conn.execute(insert(extract_members), [{"extract_id": request.extract_id, "member_id": m} for m in chunk.decode("ascii").split("\n")])
-                if epoch.generalization is None:
-                    self._registry.fix_generalization(conn, consumer.consumer_id, epoch.epoch, plan.generalization)
+                if fixed is None:
+                    self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
                 conn.execute(
                     update(extracts)
                     .where(extracts.c.extract_id == request.extract_id)
