@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -14,23 +13,16 @@ from sqlalchemy import Connection
 from api.problems import CONSENT_REQUIRED, FORBIDDEN, ProblemError, problem_for
 from vault.access import Access, Outcome, Refusal
 from vault.break_glass import BreakGlassReason, queue_review
+from vault.times import json_value
 
 JSON_MEDIA_TYPE = "application/json"
 CONSENT_REQUIRED_REASON = "consent_required"
 RESTRICTED_REASON = "restricted"
 
 
-def _default(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 def json_response(body: Mapping[str, object] | list[object], status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     """``body`` as UTF-8 JSON, never cached (``Cache-Control: no-store``)."""
-    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_default).encode("utf-8")
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=json_value).encode("utf-8")
     return Response(content, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers={"Cache-Control": "no-store", **(headers or {})})
 
 

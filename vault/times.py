@@ -1,12 +1,15 @@
-"""The one spelling of an instant in what the vault signs or hashes: RFC 3339, UTC, whole seconds, ``Z``.
+"""The spellings of an instant: RFC 3339, UTC, ``Z``.
 
-Notice hashes, consent receipts, FHIR resources and erasure certificates all
-use it, so one instant has one spelling (``2026-11-22T16:00:00Z``).
+``rfc3339_seconds`` is what the vault signs or hashes (notice hashes, consent
+receipts, FHIR resources, erasure certificates, manifests): whole seconds, so
+one instant has one spelling (``2026-11-22T16:00:00Z``). ``json_value`` is
+how a stored date or time is shown in JSON — API answers and export archives
+alike — keeping any fraction of a second.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 
 def rfc3339_seconds(moment: datetime) -> str:
@@ -16,4 +19,13 @@ def rfc3339_seconds(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-__all__ = ["rfc3339_seconds"]
+def json_value(value: object) -> str:
+    """A date (ISO 8601) or an aware datetime (RFC 3339, UTC, ``Z``) as JSON shows it; ``TypeError`` for anything else."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+__all__ = ["json_value", "rfc3339_seconds"]

@@ -13,7 +13,7 @@ a real one it may not see.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import structlog
@@ -48,6 +48,7 @@ from vault.errors import VaultError
 from vault.purposes import Purpose
 from vault.roles import Role
 from vault.storage.engine import read_snapshot
+from vault.times import json_value
 
 router = APIRouter(tags=["data requests"])
 log = structlog.get_logger("api.requests")
@@ -112,17 +113,13 @@ def file_request(
             answer = (
                 filed
                 if isinstance(filed, Refusal)
-                else StoredResponse(201, {"dsr_id": filed.dsr_id, "status": filed.status.value, "due_at": _rfc3339(filed.due_at)})
+                else StoredResponse(201, {"dsr_id": filed.dsr_id, "status": filed.status.value, "due_at": json_value(filed.due_at)})
             )
             if isinstance(answer, StoredResponse) and idempotency_key is not None:
                 services.idempotency.remember(conn, caller.key, idempotency_key, digest, response=answer, now=now)
     if isinstance(answer, Refusal):
         refuse(answer, access)
     return json_response(answer.body, status_code=answer.status_code, headers={"Location": f"/v1/requests/{answer.body['dsr_id']}"})
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @router.get(

@@ -23,6 +23,7 @@ import io
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 import pytest
@@ -62,13 +63,13 @@ IDENTIFIERS = ("full_name", "phone", "email", "national_id", "card_no", "wechat_
 class Vault:
     """A seeded vault with consumers, consents and a runner."""
 
-    def __init__(self, runtime: Runtime, tmp_path: object, members: int = 120) -> None:
+    def __init__(self, runtime: Runtime, tmp_path: Path, members: int = 120) -> None:
         self.rt = runtime
         self.feed = DeletionFeed(lambda: runtime.keys.root_key(ROOT_KEY))
         self.consent = ConsentService(runtime.members, NoticeBook(), feed=self.feed)
         self.registry = ConsumerRegistry()
         self.members = list(seed_members(runtime.data_engine, runtime.keys, runtime.members, count=members, seed=11, now=NOW - timedelta(days=30)).member_ids)
-        self.runner = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, self.consent), self.registry, spool_dir=tmp_path)  # type: ignore[arg-type]
+        self.runner = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, self.consent), self.registry, spool_dir=tmp_path)
         self.signing = ExtractSigning(runtime.signing.current(SigningPurpose.certificates), "member-vault")
 
     def consumer(self, consumer_id: str, attributes: list[str], *, health: bool = False, k: int = 3, cap: int = 500) -> None:
@@ -109,7 +110,7 @@ def _classes(rows: list[dict[str, object]], qi: list[str]) -> Counter[tuple[obje
 
 
 @pytest.fixture
-def vault(runtime: Runtime, tmp_path: object) -> Vault:
+def vault(runtime: Runtime, tmp_path: Path) -> Vault:
     return Vault(runtime, tmp_path)
 
 

@@ -32,7 +32,7 @@ import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import jwt
@@ -50,7 +50,7 @@ from vault.data_requests.model import RequestType
 from vault.data_requests.spool import Spool
 from vault.ledger import Ledger, LedgerEntry
 from vault.members.repository import MemberRepository
-from vault.times import rfc3339_seconds
+from vault.times import json_value, rfc3339_seconds
 from vault.treatments import Treatment, TreatmentRepository
 
 MANIFEST_TYPE = "export-manifest+jwt"
@@ -255,17 +255,8 @@ def _entry_view(e: LedgerEntry) -> dict[str, object]:
     return {"entry_id": e.entry_id, "seq": e.seq, **e.values}
 
 
-def _plain(value: object) -> str:
-    """A date or time as the API writes it (RFC 3339, UTC)."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def _text(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_plain)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=json_value)
 
 
 def _json(value: object) -> bytes:
@@ -278,7 +269,7 @@ def _cell(value: object) -> str:
     if isinstance(value, (list, tuple)):
         text = _text(list(value))
     elif isinstance(value, date):
-        text = _plain(value)
+        text = json_value(value)
     else:
         text = str(value)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text

@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from vault.errors import ConflictError, NotFoundError, ValidationError
 from vault.extracts import profile
@@ -133,12 +133,6 @@ class ConsumerRegistry:
             formats=tuple(ExtractFormat(f) for f in json.loads(row["formats"])),
         )
 
-    def every(self, conn: Connection) -> list[Consumer]:
-        return [self.get(conn, str(c)) for c in conn.scalars(select(consumers.c.consumer_id).order_by(consumers.c.consumer_id))]
-
-    def of_purpose(self, conn: Connection, purpose: Purpose) -> list[str]:
-        return list(conn.scalars(select(consumers.c.consumer_id).where(consumers.c.purpose == purpose.value).order_by(consumers.c.consumer_id)))
-
     def epoch(self, conn: Connection, consumer_id: str) -> Epoch:
         """The consumer's current (latest) epoch."""
         row = (
@@ -170,9 +164,6 @@ class ConsumerRegistry:
         stored = conn.execute(select(t.c.generalization).where(t.c.consumer_id == consumer_id, t.c.epoch == epoch)).scalar_one_or_none()
         if stored is None or json.loads(stored) != dict(generalization):
             raise ConflictError("this epoch's generalization is already fixed")
-
-    def epochs_count(self, conn: Connection, consumer_id: str) -> int:
-        return int(conn.execute(select(func.count()).select_from(pseudonym_epochs).where(pseudonym_epochs.c.consumer_id == consumer_id)).scalar_one())
 
 
 __all__ = ["DEFAULT_K", "DEFAULT_SUPPRESSION_CAP_PERMILLE", "Consumer", "ConsumerRegistry", "Epoch"]

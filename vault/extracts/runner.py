@@ -252,7 +252,7 @@ class ExtractRunner:
                     continue
                 if mask_rfm and plain.get("rfm"):
                     plain["rfm"] = plain["rfm"][:-1] + "*"
-                values = [_cell(plain.get(n)) for n in plain_names]
+                values = [_hashable(plain.get(n)) for n in plain_names]
                 hidden = tuple(_hashable(v) for v in released.sensitive or ())
                 yield member_id, (pseudonym, *released.qi, *hidden, *values)
 
@@ -272,10 +272,6 @@ def _hashable(value: object) -> str | tuple[str, ...] | None:
     if isinstance(value, list | tuple):
         return tuple(str(v) for v in value)
     return None if value is None else str(value)
-
-
-def _cell(value: object) -> str | tuple[str, ...] | None:
-    return _hashable(value)
 
 
 def _chunks(items: Iterator[tuple[str, OutRow]], size: int) -> Iterator[list[tuple[str, OutRow]]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -131,7 +131,7 @@ def _day(moment: datetime) -> date:
 @dataclass(slots=True)
 class _Money:
     last: tuple[str, int, bytes] | None = None  # entry id, key version, sealed balance_after
-    spends: list[tuple[str, int, bytes]] | None = None  # entry id, key version, sealed amount
+    spends: list[tuple[str, int, bytes]] = field(default_factory=list)  # entry id, key version, sealed amount
 
 
 def _ledger(conn: Connection, ids: Collection[str], since: datetime) -> dict[str, _Money]:
@@ -146,8 +146,7 @@ def _ledger(conn: Connection, ids: Collection[str], since: datetime) -> dict[str
     for member_id, entry_id, version, sealed in conn.execute(
         select(e.member_id, e.entry_id, e.key_version, e.amount).where(e.member_id.in_(wanted), e.entry_type == "spend", e.occurred_at >= since)
     ).all():
-        money = found[str(member_id)]
-        money.spends = [*(money.spends or []), (str(entry_id), int(version), bytes(sealed))]
+        found[str(member_id)].spends.append((str(entry_id), int(version), bytes(sealed)))
     return found
 
 
@@ -159,7 +158,7 @@ def _money(keyset: MemberKeySet, money: _Money) -> tuple[int, int]:
         return value if isinstance(value, int) else 0
 
     balance = 0 if money.last is None else amount("balance_after", money.last)
-    return balance, sum(amount("amount", s) for s in money.spends or ())
+    return balance, sum(amount("amount", s) for s in money.spends)
 
 
 __all__ = ["ProfileSource", "SourceRow"]
