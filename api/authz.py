@@ -53,6 +53,7 @@ OPERATIONS = (
     "requests:records",
     "requests:queue",
     "requests:transitions",
+    "extracts:profiles",
 )
 
 

@@ -76,18 +76,20 @@ def replay_if_retry(
     resource: str,
     id_field: str,
     member_id: str | None = None,
+    about_member: bool = True,
 ) -> StoredResponse | Refusal | None:
     """A creating POST's retry, decided like the first request and journaled once.
 
     None: not a retry — go on and write. A ``StoredResponse``: the first answer,
     for a caller who may still make the request (event outcome ``replayed``).
     A ``Refusal``: a caller who lost the right gets 403, not the stored answer.
-    ``member_id`` None means the created resource is the member itself.
+    ``member_id`` None means the created resource is the member itself;
+    ``about_member`` False: the resource belongs to no member (an extract).
     """
     if key is None or (stored := idempotency.replay(conn, caller_key, key, digest)) is None:
         return None
     created = str(stored.body[id_field])
-    target = Target("create", resource, created, member_id or created, ())
+    target = Target("create", resource, created, (member_id or created) if about_member else None, ())
     return stored if gatekeeper.replay(conn, access, target, allowed=allowed) else Refusal(Outcome.denied)
 
 

@@ -8,7 +8,8 @@ the key provider down, and a data route answers 503 instead of hanging.
 ``AuditPump`` is each process's background thread that sequences journal
 entries into the tree and signs a checkpoint when one is due (the
 sequencer's database lock keeps several processes from racing), and finishes
-any erasure a crash interrupted after its request was completed.
+any erasure a crash interrupted after its request was completed, and
+sweeps extract jobs (interrupted ones failed, kept data past its time purged).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.authn import Authenticator
 from api.authz import PolicyStore
+from api.extract_jobs import ExtractJobs
 from api.idempotency import ROOT_KEY as IDEMPOTENCY_ROOT_KEY
 from api.idempotency import Idempotency
 from api.problems import UNAVAILABLE, ProblemError
@@ -42,8 +44,12 @@ from vault.data_requests import DataRequestGate, DataRequestService
 from vault.data_requests.export import ExportBuilder
 from vault.data_requests.spool import spool_directory
 from vault.errors import VaultError
+from vault.extracts.consumers import ConsumerRegistry
 from vault.extracts.feed import DeletionFeed
 from vault.extracts.pseudonyms import ROOT_KEY as PSEUDONYM_ROOT
+from vault.extracts.runner import ExtractRunner
+from vault.extracts.source import ProfileSource
+from vault.extracts.store import ExtractStore
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
 from vault.storage.engine import write_transaction
@@ -68,6 +74,10 @@ class Services:
     requests: DataRequestGate
     exports: ExportBuilder
     idempotency: Idempotency
+    consumers: ConsumerRegistry
+    feed: DeletionFeed
+    extracts: ExtractRunner
+    extract_jobs: ExtractJobs
 
     @contextmanager
     def unit(self) -> Iterator[Connection]:
@@ -93,6 +103,7 @@ class Services:
             raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
 
     def close(self) -> None:
+        self.extract_jobs.close()
         self.runtime.close()
 
 
@@ -102,6 +113,9 @@ def build(settings: Settings) -> Services:
         gatekeeper = Gatekeeper(AuditJournal())
         feed = DeletionFeed(lambda: runtime.keys.root_key(PSEUDONYM_ROOT))
         consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days), feed=feed)
+        exports = spool_directory(settings.data_dir / "exports")
+        consumers = ConsumerRegistry()
+        extracts = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, consent), consumers, spool_dir=exports)
         services = Services(
             settings=settings,
             runtime=runtime,
@@ -122,8 +136,12 @@ def build(settings: Settings) -> Services:
                 export_window=timedelta(days=settings.dsr_export_days),
                 feed=feed,
             ),
-            exports=ExportBuilder(runtime.members, runtime.treatments, runtime.ledger, consent, spool_dir=spool_directory(settings.data_dir / "exports")),
+            exports=ExportBuilder(runtime.members, runtime.treatments, runtime.ledger, consent, spool_dir=exports),
             idempotency=Idempotency(runtime.keys.root_key(IDEMPOTENCY_ROOT_KEY)),
+            consumers=consumers,
+            feed=feed,
+            extracts=extracts,
+            extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it
@@ -185,7 +203,7 @@ class AuditPump:
                 continue
             try:
                 self.pump(services)
-            except (AuditError, KeysError, VaultError, SQLAlchemyError) as exc:
+            except (AuditError, KeysError, VaultError, SQLAlchemyError, OSError) as exc:
                 log.warning("audit.pump_failed", error=type(exc).__name__.lower())
 
     @staticmethod
@@ -193,6 +211,7 @@ class AuditPump:
         Sequencer(services.runtime.data_engine).run_until_idle()
         make_checkpointer(services.settings, services.runtime.data_engine, services.runtime.signing).maybe_make()
         finish_erasures(services)
+        services.extract_jobs.sweep(datetime.now(UTC))
 
 
 def finish_erasures(services: Services) -> int:

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     dsr_due_periods: dict[str, str] = Field(default_factory=lambda: {"default": "P1M"})
     # How long the archive of a completed access or portability request may be downloaded.
     dsr_export_days: int = Field(default=30, ge=1, le=365)
+    # How long an extract's rows stay (sealed) in the vault for their consumer to download; then they are purged.
+    extract_retention_hours: int = Field(default=72, ge=1, le=24 * 30)
     # How long backups of the key store are kept: a shredded key may survive in one that long (stated in erasure certificates).
     keystore_backup_days: int = Field(default=30, ge=0, le=3650)
     # The controller named in consent receipts and FHIR Consent resources.

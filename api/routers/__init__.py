@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from api.routers import audit, break_glass, consents, health, keys, ledger, members, oauth, policies, purposes, requests, treatments
+from api.routers import audit, break_glass, consents, extracts, health, keys, ledger, members, oauth, policies, purposes, requests, treatments
 
-ALL: tuple[ModuleType, ...] = (health, members, oauth, audit, keys, policies, treatments, ledger, break_glass, purposes, consents, requests)
+ALL: tuple[ModuleType, ...] = (health, members, oauth, audit, keys, policies, treatments, ledger, break_glass, purposes, consents, requests, extracts)
 
 __all__ = ["ALL"]

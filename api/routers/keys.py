@@ -14,13 +14,15 @@
   outcome ``ok``, ``failed`` for a refused request. A key provider or key
   store that fails mid-rotation fails closed (503, transaction and event
   rolled back); the rotations are resumable, so the operator asks again.
-* ``pseudonym`` is refused with 422 until extracts (and their per-consumer
-  pseudonym keys) exist.
+* ``pseudonym`` (with ``consumer_id``) starts the consumer's next pseudonym
+  epoch: a new key derived for it, and a generalization fixed afresh by its
+  next extract. Its past extracts cannot be joined with its future ones.
+  An unknown consumer is a 422 on ``consumer_id``.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -33,6 +35,7 @@ from api.deps import CallerDep, JsonBodyDep, NowDep, RequestIdDep, ServicesDep, 
 from api.responses import json_response, refuse
 from api.runtime import Runtime
 from api.schemas.keys import JOB_ID, Job, JobStatus, KeysMetadata, RotateAccepted, RotateKind, RotateRequest
+from api.services import Services
 from audit import queries
 from audit.event import Decision
 from audit.queries import MAX_LIMIT
@@ -47,7 +50,6 @@ from vault.ids import new_id
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 SIGNING_OVERLAP = timedelta(hours=24)
 JOB_ACTION, JOB_RESOURCE = "rotate", "key"
-NOT_AVAILABLE = "not_available_until_extracts_exist"
 _SIGNING = {RotateKind.jwt: SigningPurpose.jwt, RotateKind.audit: SigningPurpose.audit}
 _READ_ERRORS = p.openapi_responses(p.UNAUTHORIZED, p.FORBIDDEN, p.UNAVAILABLE)
 
@@ -80,12 +82,10 @@ def rotate_key(caller: CallerDep, raw: JsonBodyDep, services: ServicesDep, reque
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "keys:rotate", "write", request_id=request_id, now=now)
         target = Target(JOB_ACTION, JOB_RESOURCE, job_id, None, kinds)
-        result = services.gatekeeper.perform(conn, access, target, allowed, lambda: _rotate(services.runtime, raw.raw))
+        result = services.gatekeeper.perform(conn, access, target, allowed, lambda: _rotate(services, conn, raw.raw, now))
     if kinds == (RotateKind.jwt.value,) and not isinstance(result, Refusal):
         services.authenticator.keys.refresh()  # this process accepts the new key at once; others within a minute or on first sight of its kid
     if isinstance(result, Refusal):
-        if isinstance(result.error, ValidationError) and result.error.problems.get("kind") == NOT_AVAILABLE:
-            raise p.ProblemError(p.INVALID, "pseudonym keys cannot be rotated until extracts exist", errors=result.error.problems)
         refuse(result, access)
     return json_response({"job_id": job_id}, status_code=202, headers={"Location": f"/v1/keys/jobs/{job_id}"})
 
@@ -112,13 +112,20 @@ def rotation_job(
     return json_response(result)
 
 
-def _rotate(runtime: Runtime, raw: bytes) -> None:
+def _rotate(services: Services, conn: Connection, raw: bytes, now: datetime) -> None:
     try:
         body = validate_body(RotateRequest, raw)
     except p.ProblemError as exc:
         raise ValidationError(exc.errors) from None
+    runtime = services.runtime
     if body.kind is RotateKind.pseudonym:
-        raise ValidationError({"kind": NOT_AVAILABLE})
+        if body.consumer_id is None:
+            raise ValidationError({"consumer_id": "required_for_pseudonym"})
+        try:
+            services.consumers.rotate_epoch(conn, body.consumer_id, now)
+        except NotFoundError:
+            raise ValidationError({"consumer_id": "unknown_consumer"}) from None
+        return
     if body.consumer_id is not None:
         raise ValidationError({"consumer_id": "only_for_pseudonym"})
     if body.kind is RotateKind.kek:

@@ -33,7 +33,7 @@ class JobStatus(StrEnum):
 
 
 class RotateRequest(BaseModel):
-    """Which key to rotate. ``pseudonym`` (with ``consumer_id``) is refused with 422 until extracts exist."""
+    """Which key to rotate. ``pseudonym`` needs ``consumer_id``: that consumer starts a new pseudonym epoch."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     kind: RotateKind

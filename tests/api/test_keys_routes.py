@@ -137,14 +137,13 @@ def test_rotating_the_kek_rewraps_every_key_and_the_data_stays_readable(vault: V
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_pseudonym_rotation_is_422_until_extracts_exist_and_journaled_as_invalid(vault: Vault) -> None:
+def test_pseudonym_rotation_of_an_unknown_consumer_is_422_and_journaled_as_invalid(vault: Vault) -> None:
     before = vault.journal_size()
 
     status, body = rotate(vault, {"kind": "pseudonym", "consumer_id": "loyalty"})
 
     assert status == 422
-    assert body["detail"] == "pseudonym keys cannot be rotated until extracts exist"
-    assert body["errors"] == {"kind": "not_available_until_extracts_exist"}
+    assert body["errors"] == {"consumer_id": "unknown_consumer"}
     assert vault.journal_size() == before + 1
     event = last_event(vault)
     assert (event["fields"], event["decision"], event["outcome"]) == (["pseudonym"], "allow", "invalid")

@@ -39,6 +39,7 @@ OTHER_OBJECTS = (
     "requests:records",
     "requests:queue",
     "requests:transitions",
+    "extracts:profiles",
 )
 OBJECTS = tuple(f"member:{category}" for category in CATEGORIES) + OTHER_OBJECTS
 ACTIONS = ("read", "write")
@@ -90,6 +91,7 @@ EXPECTED: set[Request] = set().union(
     grant("dpo", DOMAINS, "requests:queue", "read", PURPOSES),
     grant("compliance_officer", DOMAINS, "requests:queue", "read", PURPOSES),
     grant("dpo", DOMAINS, "requests:transitions", "write", ("self_service",)),
+    grant("loyalty_service", DOMAINS, "extracts:profiles", "read write", ("loyalty_profiling",)),
     grant("vault_admin", DOMAINS, "keys:metadata", "read", PURPOSES),
     grant("vault_admin", DOMAINS, "keys:rotate policies:reload", "write", PURPOSES),
     *(grant(role, DOMAINS, "audit:checkpoints audit:proofs", "read", PURPOSES) for role in ROLES),

@@ -34,7 +34,7 @@ DEMO_CONSUMERS = (
     DemoConsumer("loyalty-app", Role.loyalty_service, (*STATIC[:3], *CONSUMPTION, "preferred_categories", "interest_tags"), health=False, k=5),
     DemoConsumer(
         "marketing-analytics",
-        Role.marketing_service,
+        Role.loyalty_service,  # an analytics tool reading loyalty profiles: the role the default policy gives extracts
         (*STATIC, "tier", "spend_band", "interest_tags", "preferred_channel", "skin_type", "has_allergies"),
         health=True,
         k=10,

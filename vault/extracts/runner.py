@@ -28,27 +28,31 @@ generalization.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import jwt
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from audit.event import Actor, AuditEvent, Decision, event_time
 from audit.store import AuditJournal
+from keys.derive import derive_key
 from keys.member_keys import MemberKeys
 from keys.signing import SigningKey
 from vault.data_requests.spool import Spool
+from vault.errors import ConflictError, ValidationError
 from vault.extracts import hierarchies as hi
 from vault.extracts import profile as pf
 from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
 from vault.extracts.consumers import Consumer, ConsumerRegistry
 from vault.extracts.pseudonyms import ROOT_KEY, Pseudonymizer
+from vault.extracts.records import heartbeat
 from vault.extracts.source import ProfileSource
 from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
 from vault.storage.engine import read_snapshot, write_transaction
@@ -64,12 +68,24 @@ OutRow = tuple[str | tuple[str, ...] | None, ...]
 _MEMBERS_CHUNK = 5000
 
 
+class ExtractSink(Protocol):
+    """Where the extract's file goes: a file opened for writing, or the sealed store's writer. ``flush`` makes it durable."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractRequest:
     extract_id: str
     consumer: Consumer
     fmt: ExtractFormat
     requested_k: int | None = None
+    # Incremental: the id of a done extract of the same consumer and epoch; only rows new or changed since then are released.
+    since: str | None = None
+    # When the released data is purged (extracts kept sealed in the vault for their consumer); None: not kept.
+    keep_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,47 +124,77 @@ class ExtractRunner:
         self._spool_dir = spool_dir
         self._journal = AuditJournal()
 
+    def begin(self, conn: Connection, request: ExtractRequest, *, requested_by: str, now: datetime) -> None:
+        """Record the extract as ``running`` in the caller's transaction; an incremental one's base must be a done extract of this epoch."""
+        consumer = request.consumer
+        epoch = self._registry.epoch(conn, consumer.consumer_id)
+        if request.since is not None:
+            base = conn.execute(select(extracts.c.consumer_id, extracts.c.epoch, extracts.c.status).where(extracts.c.extract_id == request.since)).first()
+            if base is None or base.consumer_id != consumer.consumer_id or base.status != "done":
+                raise ValidationError({"since": "not_a_done_extract_of_this_consumer"})
+            if base.epoch != epoch.epoch:
+                raise ConflictError("the base extract is from an earlier pseudonym epoch: take a full extract")
+        conn.execute(
+            insert(extracts).values(
+                extract_id=request.extract_id,
+                consumer_id=consumer.consumer_id,
+                purpose=consumer.purpose.value,
+                format=request.fmt.value,
+                epoch=epoch.epoch,
+                status="running",
+                k=max(consumer.k, request.requested_k or 0),
+                since=request.since,
+                requested_by=requested_by,
+                created_at=now,
+                heartbeat_at=now,
+                expires_at=request.keep_until,
+            )
+        )
+
     def run(
         self,
         request: ExtractRequest,
-        out: BinaryIO,
+        out: ExtractSink,
         *,
         audit: ExtractAudit,
         signing: ExtractSigning,
         now: datetime,
         progress: Callable[[int], None] | None = None,
+        begun: bool = False,
     ) -> ExtractOutcome:
-        """Run the extract into ``out``; ``progress`` is told how many members were profiled so far."""
+        """Run the extract into ``out`` (``begun``: ``begin`` already recorded it); ``progress`` is told how many members were profiled so far.
+
+        ``out`` is flushed before the extract is marked done, so a sink that
+        makes its bytes durable on ``flush`` holds them all once ``done`` is
+        committed.
+        """
         consumer = request.consumer
         k = max(consumer.k, request.requested_k or 0)
-        with write_transaction(self._engine) as conn:
+        if not begun:
+            with write_transaction(self._engine) as conn:
+                self.begin(conn, request, requested_by=audit.actor.subject, now=now)
+        with self._engine.connect() as conn:
             epoch = self._registry.epoch(conn, consumer.consumer_id)
-            conn.execute(
-                insert(extracts).values(
-                    extract_id=request.extract_id,
-                    consumer_id=consumer.consumer_id,
-                    purpose=consumer.purpose.value,
-                    format=request.fmt.value,
-                    epoch=epoch.epoch,
-                    status="running",
-                    k=k,
-                    requested_by=audit.actor.subject,
-                    created_at=now,
-                )
-            )
         try:
-            return self._produce(request, out, epoch.epoch, epoch.generalization, k=k, audit=audit, signing=signing, now=now, progress=progress)
+            if epoch.epoch != self._epoch_of(request.extract_id):
+                raise ConflictError("the consumer's pseudonym epoch changed before the extract started")
+            with heartbeat(self._engine, request.extract_id):
+                return self._produce(request, out, epoch.epoch, epoch.generalization, k=k, audit=audit, signing=signing, now=now, progress=progress)
         except Exception as exc:
             # Nothing was released (the caller discards ``out``): the job is marked failed with a code, never left running.
             with write_transaction(self._engine) as conn:
                 failed = {"status": "failed", "reason": type(exc).__name__.lower()[:64], "finished_at": now}
-                conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(**failed))
+                conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id, extracts.c.status == "running").values(**failed))
             raise
+
+    def _epoch_of(self, extract_id: str) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(extracts.c.epoch).where(extracts.c.extract_id == extract_id)).scalar_one())
 
     def _produce(
         self,
         request: ExtractRequest,
-        out: BinaryIO,
+        out: ExtractSink,
         epoch: int,
         fixed: dict[str, str] | None,
         *,
@@ -180,32 +226,42 @@ class ExtractRunner:
             writer = open_writer(request.fmt, columns, out)
             members_sha = hashlib.sha256()
             released = 0
-            for batch in _chunks(self._second_pass(plan, rows, consumer, qi_names), _WRITE_BATCH):
-                writer.write([row for _, row in batch])
-                ids = [member_id for member_id, _ in batch]
-                members_sha.update("".join(f"{i}\n" for i in ids).encode("ascii"))
-                included.write("\n".join(ids).encode("ascii"))
-                released += len(batch)
+            row_mac = _RowMac(self._keys.root_key(ROOT_KEY), consumer.consumer_id, epoch)
+            with self._engine.connect() as base:
+                for chunk in _chunks(self._second_pass(plan, rows, consumer, qi_names), _WRITE_BATCH):
+                    batch, macs = _new_or_changed(base, request, epoch, chunk, row_mac)
+                    if not batch:
+                        continue
+                    writer.write([row for _, row in batch])
+                    ids = [member_id for member_id, _ in batch]
+                    members_sha.update("".join(f"{i}\n" for i in ids).encode("ascii"))
+                    included.write("\n".join(f"{i}:{m}" for i, m in zip(ids, macs, strict=True)).encode("ascii"))
+                    released += len(batch)
             written = writer.close()
+            out.flush()  # durable before ``done`` is committed (a sealed store fsyncs here)
             claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
-                for chunk in included.read():
-                    conn.execute(insert(extract_members), [{"extract_id": request.extract_id, "member_id": m} for m in chunk.decode("ascii").split("\n")])
+                for sealed in included.read():
+                    held_rows = (line.split(":") for line in sealed.decode("ascii").split("\n"))
+                    conn.execute(insert(extract_members), [{"extract_id": request.extract_id, "member_id": m, "row_mac": mac} for m, mac in held_rows])
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
-                conn.execute(
+                finished = conn.execute(
                     update(extracts)
-                    .where(extracts.c.extract_id == request.extract_id)
+                    .where(extracts.c.extract_id == request.extract_id, extracts.c.status == "running")
                     .values(
                         status="done",
                         row_count=released,
                         content_sha256=written.sha256,
+                        content_bytes=written.size,
                         members_sha256=members_sha.hexdigest(),
                         manifest=manifest,
                         finished_at=now,
                     )
                 )
+                if finished.rowcount != 1:  # marked interrupted meanwhile: nothing is released (this transaction rolls back)
+                    raise ConflictError("the extract was marked interrupted while it ran")
                 self._journal.append(conn, _event(request, audit, now, outcome="ok", rows=released, members_sha256=members_sha.hexdigest()), now=now)
         return ExtractOutcome(request.extract_id, "done", released, None, written, members_sha.hexdigest(), manifest, claims)
 
@@ -263,6 +319,53 @@ class ExtractRunner:
         return ExtractOutcome(request.extract_id, "refused", rows, "k_unreachable")
 
 
+class _RowMac:
+    """A keyed digest of a released row (128 bits, hex), per consumer and epoch: compares rows across extracts without keeping them."""
+
+    def __init__(self, root: bytes, consumer_id: str, epoch: int) -> None:
+        self._key = derive_key(root, f"extract-rows/{consumer_id}/epoch-{epoch}")
+
+    def __call__(self, row: OutRow) -> str:
+        encoded = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return hmac.new(self._key, encoded, hashlib.sha256).hexdigest()[:32]
+
+
+def _new_or_changed(
+    conn: Connection, request: ExtractRequest, epoch: int, batch: list[tuple[str, OutRow]], row_mac: _RowMac
+) -> tuple[list[tuple[str, OutRow]], list[str]]:
+    """The rows to release and their digests: all of them, or for an incremental extract those its consumer does not hold as they are."""
+    macs = [row_mac(row) for _, row in batch]
+    if request.since is None:
+        return batch, macs
+    held = _held_before(conn, request, epoch, [member_id for member_id, _ in batch])
+    keep = [i for i, (member_id, _) in enumerate(batch) if held.get(member_id) != macs[i]]
+    return [batch[i] for i in keep], [macs[i] for i in keep]
+
+
+def _held_before(conn: Connection, request: ExtractRequest, epoch: int, member_ids: list[str]) -> dict[str, str]:
+    """For each member, the row digest of the last extract up to ``request.since`` (same consumer and epoch) that held them.
+
+    An incremental extract's consumer has applied every extract of the epoch up
+    to its base, in order: what it holds for a member is what the latest of
+    them released.
+    """
+    e, m = extracts.c, extract_members.c
+    base = select(e.created_at).where(e.extract_id == request.since).scalar_subquery()
+    rows = conn.execute(
+        select(m.member_id, m.row_mac)
+        .join(extracts, e.extract_id == m.extract_id)
+        .where(
+            e.consumer_id == request.consumer.consumer_id,
+            e.epoch == epoch,
+            e.status == "done",
+            e.created_at <= base,
+            m.member_id.in_(member_ids),
+        )
+        .order_by(e.created_at, e.extract_id)
+    )
+    return {str(member_id): str(mac) for member_id, mac in rows}
+
+
 def _plain_columns(consumer: Consumer) -> list[Column]:
     lists = {"interest_tags", "preferred_categories", "top_categories"}
     return [Column(a.name, is_list=a.name in lists) for a in pf.ATTRIBUTES if a.name in consumer.attributes and a.role is pf.Role.attribute]
@@ -313,6 +416,7 @@ def _manifest(
         "content_sha256": written.sha256,
         "content_bytes": written.size,
         "k": k,
+        "since": request.since,
         "anonymity": plan.to_json(),
         "consent_snapshot_at": rfc3339_seconds(now),
         "policy_hash": policy_hash,
@@ -323,6 +427,8 @@ def _event(request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outco
     details: dict[str, int | str] = {"rows": rows, "consumer": request.consumer.consumer_id}
     if members_sha256 is not None:
         details["members_sha256"] = members_sha256
+    if request.since is not None:
+        details["since"] = request.since
     return AuditEvent(
         time=event_time(now),
         request_id=audit.request_id,
@@ -341,4 +447,15 @@ def _event(request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outco
     )
 
 
-__all__ = ["DEFAULT_L", "MANIFEST_TYPE", "MANIFEST_VERSION", "ExtractAudit", "ExtractOutcome", "ExtractRequest", "ExtractRunner", "ExtractSigning"]
+__all__ = [
+    "DEFAULT_L",
+    "MANIFEST_TYPE",
+    "MANIFEST_VERSION",
+    "RESOURCE",
+    "ExtractAudit",
+    "ExtractOutcome",
+    "ExtractRequest",
+    "ExtractRunner",
+    "ExtractSigning",
+    "ExtractSink",
+]

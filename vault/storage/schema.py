@@ -360,7 +360,7 @@ extracts = Table(
     Column("epoch", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("k", Integer, nullable=False),
-    Column("since", String(64), nullable=True),
+    Column("since", String(64), nullable=True),  # an incremental extract: the id of its base extract
     Column("row_count", BigInteger, nullable=True),
     Column("content_sha256", String(64), nullable=True),
     Column("members_sha256", String(64), nullable=True),  # SHA-256 of the sorted list of included member ids
@@ -369,6 +369,10 @@ extracts = Table(
     Column("requested_by", String(256), nullable=False),
     _ts("created_at"),
     _ts("finished_at", nullable=True),
+    Column("content_bytes", BigInteger, nullable=True),  # the size of the released file
+    _ts("heartbeat_at", nullable=True),  # a running job's last sign of life
+    _ts("expires_at", nullable=True),  # its sealed data is purged after this (jobs run through the API)
+    _ts("purged_at", nullable=True),
     CheckConstraint("format IN ('ndjson', 'csv', 'parquet')", name="format"),
     CheckConstraint("status IN ('running', 'done', 'refused', 'failed')", name="status"),
     Index(None, "consumer_id", "created_at"),
@@ -379,6 +383,8 @@ extract_members = Table(
     metadata,
     Column("extract_id", String(ID_LENGTH), ForeignKey("extracts.extract_id"), primary_key=True),
     Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), primary_key=True),
+    # A keyed digest of the row the member was released as: an incremental extract leaves out rows its base already held.
+    Column("row_mac", String(32), nullable=True),
     Index(None, "member_id"),
 )
 

@@ -1,0 +1,96 @@
+"""Extract jobs started through the API: run in a background thread of the process that accepted them.
+
+``POST /v1/extracts`` records the job (``ExtractRunner.begin``) and its
+decision event in the request's transaction, then hands it to
+``ExtractJobs.submit``: one job at a time per process, in a daemon thread, so
+a long extract never holds a request thread. The rows go into the sealed
+store (``vault.extracts.store``) and stay there until ``expires_at``.
+
+While a job runs, the runner records its heartbeat
+(``vault.extracts.records.heartbeat``). ``sweep`` (called from each process's audit pump, at most every
+``SWEEP_EVERY``) marks ``failed``/``interrupted`` the running jobs that have
+been silent for ``records.STALE_AFTER`` — their process died — and purges their
+partial files, and purges the kept extracts past their time. Every step is
+idempotent, so several processes sweeping the same database agree.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit.errors import AuditError
+from keys.errors import KeysError
+from vault.errors import VaultError
+from vault.extracts import records
+from vault.extracts.runner import ExtractAudit, ExtractRequest, ExtractRunner, ExtractSigning
+from vault.extracts.store import ExtractStore
+from vault.storage.engine import write_transaction
+
+log = structlog.get_logger("api.extract_jobs")
+SWEEP_EVERY = timedelta(seconds=30)
+
+
+class ExtractJobs:
+    def __init__(self, engine: Engine, runner: ExtractRunner, store: ExtractStore) -> None:
+        self._engine = engine
+        self._runner = runner
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract")
+        self._last_sweep: datetime | None = None
+        self._sweep_lock = threading.Lock()
+
+    def submit(self, request: ExtractRequest, audit: ExtractAudit, signing: ExtractSigning) -> Future[None]:
+        """Run a job ``begin`` recorded (its transaction committed)."""
+        return self._pool.submit(self._run, request, audit, signing)
+
+    def _run(self, request: ExtractRequest, audit: ExtractAudit, signing: ExtractSigning) -> None:
+        extract_id = request.extract_id
+        status = "failed"
+        try:
+            with self.store.create(extract_id) as sink:
+                outcome = self._runner.run(request, sink, audit=audit, signing=signing, now=datetime.now(UTC), begun=True)
+            status = outcome.status
+        except (VaultError, KeysError, AuditError, SQLAlchemyError, OSError, ValueError) as exc:
+            # The runner marked the job failed (or could not reach the database: the sweep will); nothing is served.
+            log.warning("extract.failed", extract_id=extract_id, error=type(exc).__name__.lower())
+        finally:
+            if status != "done":
+                self._discard(extract_id)
+        log.info("extract.finished", extract_id=extract_id, status=status)
+
+    def _discard(self, extract_id: str) -> None:
+        try:
+            self.store.purge(extract_id)
+            with write_transaction(self._engine) as conn:
+                records.mark_purged(conn, extract_id, datetime.now(UTC))
+        except (KeysError, SQLAlchemyError, OSError) as exc:
+            log.warning("extract.discard_failed", extract_id=extract_id, error=type(exc).__name__.lower())
+
+    def sweep(self, now: datetime, *, force: bool = False) -> tuple[int, int]:
+        """Interrupt silent jobs and purge kept extracts past their time (at most every ``SWEEP_EVERY``); how many of each."""
+        with self._sweep_lock:
+            if not force and self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
+                return 0, 0
+            self._last_sweep = now
+        with write_transaction(self._engine) as conn:
+            stale = records.interrupt_stale(conn, silent_since=now - records.STALE_AFTER, now=now)
+            due = records.due_for_purge(conn, now)
+        for extract_id in [*stale, *due]:
+            self.store.purge(extract_id)  # the key first, then the file: unreadable from here on
+            with write_transaction(self._engine) as conn:
+                records.mark_purged(conn, extract_id, now)
+        for extract_id in stale:
+            log.warning("extract.interrupted", extract_id=extract_id)
+        return len(stale), len(due)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["SWEEP_EVERY", "ExtractJobs"]

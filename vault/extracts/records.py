@@ -1,0 +1,108 @@
+"""Extract jobs as their consumer and the vault's housekeeping see them: one row of ``extracts`` each.
+
+A job is ``running`` from the request that started it until its run ends
+``done``, ``refused`` (k out of reach within the suppression cap) or
+``failed`` (with a code; ``interrupted`` when its process stopped sending
+heartbeats). A done extract started through the API keeps its rows sealed
+until ``expires_at``; the sweep then purges them and sets ``purged_at``. The
+manifest and the counts stay.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from vault.storage.engine import write_transaction
+from vault.storage.schema import extracts
+
+INTERRUPTED = "interrupted"
+HEARTBEAT = timedelta(seconds=20)
+STALE_AFTER = timedelta(minutes=5)  # many heartbeats missed: the process running the job is gone
+log = structlog.get_logger("vault.extracts")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractRecord:
+    extract_id: str
+    consumer_id: str
+    purpose: str
+    format: str
+    epoch: int
+    status: str
+    k: int
+    since: str | None
+    row_count: int | None
+    content_sha256: str | None
+    content_bytes: int | None
+    manifest: str | None
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    expires_at: datetime | None
+    purged_at: datetime | None
+
+    def downloadable(self, now: datetime) -> bool:
+        """Done, kept by the vault, and neither purged nor past its time."""
+        return self.status == "done" and self.expires_at is not None and self.purged_at is None and now < self.expires_at
+
+
+_COLUMNS = [extracts.c[name] for name in ExtractRecord.__dataclass_fields__]
+
+
+def extract_record(conn: Connection, extract_id: str) -> ExtractRecord | None:
+    row = conn.execute(select(*_COLUMNS).where(extracts.c.extract_id == extract_id)).first()
+    return None if row is None else ExtractRecord(*row)
+
+
+@contextmanager
+def heartbeat(engine: Engine, extract_id: str, every: timedelta = HEARTBEAT) -> Iterator[None]:
+    """While the block runs, a daemon thread records the job's sign of life every ``every``."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every.total_seconds()):
+            try:
+                with write_transaction(engine) as conn:
+                    conn.execute(
+                        update(extracts).where(extracts.c.extract_id == extract_id, extracts.c.status == "running").values(heartbeat_at=datetime.now(UTC))
+                    )
+            except SQLAlchemyError as exc:
+                log.warning("extract.heartbeat_failed", extract_id=extract_id, error=type(exc).__name__.lower())
+
+    thread = threading.Thread(target=beat, name="extract-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def interrupt_stale(conn: Connection, *, silent_since: datetime, now: datetime) -> list[str]:
+    """Mark ``failed`` (``interrupted``) the running jobs with no heartbeat since ``silent_since``; their ids."""
+    e = extracts.c
+    stale = [str(i) for i in conn.scalars(select(e.extract_id).where(e.status == "running", e.heartbeat_at < silent_since))]
+    for extract_id in stale:
+        conn.execute(update(extracts).where(e.extract_id == extract_id, e.status == "running").values(status="failed", reason=INTERRUPTED, finished_at=now))
+    return stale
+
+
+def due_for_purge(conn: Connection, now: datetime) -> list[str]:
+    """Kept extracts past their time, not purged yet."""
+    e = extracts.c
+    return [str(i) for i in conn.scalars(select(e.extract_id).where(e.expires_at <= now, e.purged_at.is_(None), e.status != "running"))]
+
+
+def mark_purged(conn: Connection, extract_id: str, now: datetime) -> None:
+    conn.execute(update(extracts).where(extracts.c.extract_id == extract_id, extracts.c.purged_at.is_(None)).values(purged_at=now))
+
+
+__all__ = ["HEARTBEAT", "INTERRUPTED", "STALE_AFTER", "ExtractRecord", "due_for_purge", "extract_record", "heartbeat", "interrupt_stale", "mark_purged"]
