@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -111,6 +111,36 @@ def access_log(conn: Connection, member_id: str, size: int, *, cursor: str | Non
     return items, next_cursor
 
 
+def proven_entries(conn: Connection, journal_ids: Collection[int], size: int) -> dict[int, ProvenEvent]:
+    """The given journal entries that are sequenced below ``size``, by journal id, each with its inclusion proof against ``size``."""
+    check_size(conn, size)
+    wanted = sorted(set(journal_ids))
+    if not wanted:
+        return {}
+    stmt = select(_journal.journal_id, _leaves.leaf_index, _journal.leaf).select_from(
+        audit_leaves.join(audit_journal, _journal.journal_id == _leaves.journal_id)
+    )
+    rows = [
+        (int(j), int(i), bytes(d))
+        for j, i, d in conn.execute(stmt.where(_journal.journal_id.in_(wanted), _leaves.leaf_index < size).order_by(_leaves.leaf_index))
+    ]
+    proofs = inclusion_proofs(conn, [index for _, index, _ in rows], size)
+    return {
+        journal_id: ProvenEvent(index=index, event=_event(data), leaf_hash=leaf_hash(data), tree_size=size, audit_path=tuple(proof))
+        for (journal_id, index, data), proof in zip(rows, proofs, strict=True)
+    }
+
+
+def allowed_entries(conn: Connection, *, action: str, actor: str | None, client_id: str | None, since: datetime, until: datetime) -> list[int]:
+    """The journal ids of the allowed entries of ``action`` in ``[since, until)`` by that actor and/or client (sequenced or not)."""
+    stmt = select(_journal.journal_id).where(_journal.action == action, _journal.decision == Decision.ALLOW.value, *_window(since, until))
+    if actor is not None:
+        stmt = stmt.where(_journal.actor_subject == actor)
+    if client_id is not None:
+        stmt = stmt.where(_journal.actor_client_id == client_id)
+    return [int(j) for j in conn.execute(stmt).scalars()]
+
+
 def scope(
     conn: Connection,
     *,
@@ -197,9 +227,11 @@ __all__ = [
     "LoggedEvent",
     "ProvenEvent",
     "access_log",
+    "allowed_entries",
     "decode_cursor",
     "encode_cursor",
     "events",
     "export",
+    "proven_entries",
     "scope",
 ]

@@ -44,6 +44,8 @@ from audit.merkle import leaf_hash
 from audit.sequencer import Sequencer
 from vault.access import Access, Refusal, Target
 from vault.errors import ValidationError
+from vault.extracts.records import Holding, held_by_events, holdings
+from vault.extracts.runner import EXTRACT_ACTION
 
 _T = TypeVar("_T")
 router = APIRouter(tags=["audit"])
@@ -215,11 +217,15 @@ def breach_scope(
     start, end = shapes.required_window(since, until)
     with services.unit() as conn:
 
-        def touched() -> list[str]:
-            return queries.scope(conn, actor=actor, client_id=client_id, since=start, until=end)
+        def touched() -> dict[str, list[str]]:
+            direct = queries.scope(conn, actor=actor, client_id=client_id, since=start, until=end)
+            # An extract touched every member it held: its event names no member, its membership table does.
+            released = queries.allowed_entries(conn, action=EXTRACT_ACTION, actor=actor, client_id=client_id, since=start, until=end)
+            extract_ids, held = held_by_events(conn, released)
+            return {"member_ids": sorted(set(direct) | set(held)), "extract_ids": extract_ids}
 
         result, access = _decided(services, conn, caller, "audit:scope", Target("scope", RESOURCE), request_id, now, touched)
-    return json_response({"member_ids": _answer(result, access)})
+    return json_response(_answer(result, access))
 
 
 @router.get(
@@ -243,15 +249,33 @@ def access_log(
         def proven() -> dict[str, object]:
             published = _latest(checkpointer, conn, now)
             items, next_cursor = queries.access_log(conn, member_id, published.tree_size, cursor=cursor, limit=limit)
-            listed = [
-                {"index": i.index, "event": i.event.to_json_obj(), "leaf_hash": i.leaf_hash.hex(), "audit_path": [h.hex() for h in i.audit_path]} for i in items
-            ]
-            return {"checkpoint": _checkpoint_view(published), "items": listed, "next_cursor": next_cursor}
+            listed = [_proven(i) for i in items]
+            answer: dict[str, object] = {"checkpoint": _checkpoint_view(published), "items": listed, "next_cursor": next_cursor}
+            if cursor is None:  # the first page also lists the extracts that held the member
+                held = holdings(conn, member_id)
+                proven = queries.proven_entries(conn, [h.journal_id for h in held if h.journal_id is not None], published.tree_size)
+                answer["extracts"] = [_holding(h, proven.get(h.journal_id) if h.journal_id is not None else None) for h in held]
+            return answer
 
         domain = relation(conn, caller, member_id, break_glass=False)
         target = Target("read", "access_log", member_id, member_id)
         result, access = _decided(services, conn, caller, "audit:access_log", target, request_id, now, proven, domain=domain)
     return json_response(_answer(result, access))
+
+
+def _proven(item: queries.ProvenEvent) -> dict[str, object]:
+    return {"index": item.index, "event": item.event.to_json_obj(), "leaf_hash": item.leaf_hash.hex(), "audit_path": [h.hex() for h in item.audit_path]}
+
+
+def _holding(held: Holding, proven: queries.ProvenEvent | None) -> dict[str, object]:
+    return {
+        "extract_id": held.extract_id,
+        "consumer_id": held.consumer_id,
+        "purpose": held.purpose,
+        "epoch": held.epoch,
+        "released_at": held.released_at,
+        "proof": None if proven is None else _proven(proven),
+    }
 
 
 def _first_checkpoint(services: Services, now: datetime) -> Checkpointer:

@@ -129,7 +129,8 @@ class ExportLine(BaseModel):
 
 
 class ScopeResult(BaseModel):
-    member_ids: Annotated[list[str], Field(description="members whose data the actor or client touched in the window, sorted")]
+    member_ids: Annotated[list[str], Field(description="members whose data the actor or client touched in the window (directly or in an extract), sorted")]
+    extract_ids: Annotated[list[str], Field(description="the extracts the actor or client received in the window, sorted: their members are in member_ids")]
 
 
 class ProvenItem(BaseModel):
@@ -139,12 +140,24 @@ class ProvenItem(BaseModel):
     audit_path: list[str]
 
 
+class ExtractHolding(BaseModel):
+    """A pseudonymized extract that held the member: the consumer received a row for them (under a pseudonym)."""
+
+    extract_id: Annotated[str, Field(pattern=HEX32)]
+    consumer_id: str
+    purpose: str
+    epoch: int
+    released_at: datetime | None
+    proof: Annotated[ProvenItem | None, Field(description="the extract's audit event with its inclusion proof; null until it is in a checkpoint")]
+
+
 class AccessLog(BaseModel):
-    """The member's access events, each with its inclusion proof against ``checkpoint``."""
+    """The member's access events, each with its inclusion proof against ``checkpoint``; the first page also lists the extracts that held them."""
 
     checkpoint: CheckpointView
     items: list[ProvenItem]
     next_cursor: str | None
+    extracts: Annotated[list[ExtractHolding] | None, Field(description="first page only (no cursor): every extract that held the member, oldest first")] = None
 
 
 __all__ = [

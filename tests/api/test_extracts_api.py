@@ -42,6 +42,7 @@ from api.runtime import Runtime, open_runtime
 from api.services import Services
 from api.settings import Settings
 from api.tokens import issue_token
+from audit.merkle import verify_inclusion
 from audit.store import audit_journal
 from keys.models import MemberKeyRow
 from keys.signing import SigningPurpose
@@ -55,7 +56,7 @@ from vault.extracts.store import SCOPE
 from vault.ids import new_id
 from vault.purposes import Purpose
 from vault.storage.engine import write_transaction
-from vault.storage.schema import extracts
+from vault.storage.schema import extract_members, extracts
 
 NOW = datetime.now(UTC)
 ATTRIBUTES = ["gender", "age_band", "tier", "spend_band", "interest_tags"]
@@ -401,3 +402,68 @@ def _journal_size(rig: Rig) -> int:
 def _extract_count(rig: Rig) -> int:
     with rig.runtime.data_engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(extracts)).scalar_one())
+
+
+def test_a_members_access_log_shows_the_extracts_that_held_them_with_proofs(rig: Rig) -> None:
+    status, _ = rig.done()
+    extract_id = str(status["extract_id"])
+    with rig.runtime.data_engine.connect() as conn:
+        held = set(conn.scalars(select(extract_members.c.member_id).where(extract_members.c.extract_id == extract_id)))
+    inside = next(m for m in rig.members[1:] if m in held)
+    outside = rig.members[0]
+    rig.consent(outside, ConsentDecision.withdrawn)
+    later, _ = rig.done()  # the member who withdrew is in the first extract only
+
+    def log(member_id: str) -> dict[str, object]:
+        token = issue_token(
+            rig.runtime.signing.current(SigningPurpose.dev_jwt),
+            issuer=DEV_ISSUER,
+            audience=rig.settings.audience,
+            subject=f"m-{member_id[:6]}",
+            roles=["member"],
+            ttl=timedelta(minutes=5),
+            now=datetime.now(UTC),
+            member_id=member_id,
+        )[0]
+        r = rig.client.get(f"/v1/members/{member_id}/access-log", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    mine = log(inside)
+    listed = mine["extracts"]
+    assert [(h["extract_id"], h["consumer_id"], h["purpose"]) for h in listed] == [
+        (extract_id, "loyalty-app", "loyalty_profiling"),
+        (later["extract_id"], "loyalty-app", "loyalty_profiling"),
+    ]
+    checkpoint = mine["checkpoint"]
+    for holding in listed:
+        proof = holding["proof"]
+        assert proof is not None
+        assert (proof["event"]["action"], proof["event"]["resource_id"]) == ("extract", holding["extract_id"])
+        assert inside not in json.dumps(proof["event"])  # the event names no member
+        assert verify_inclusion(
+            bytes.fromhex(proof["leaf_hash"]),
+            proof["index"],
+            checkpoint["tree_size"],
+            [bytes.fromhex(h) for h in proof["audit_path"]],
+            bytes.fromhex(checkpoint["root_hash"]),
+        )
+    assert [h["extract_id"] for h in log(outside)["extracts"]] == ([extract_id] if outside in held else [])
+
+
+def test_breach_scoping_of_a_consumer_covers_every_member_its_extracts_held(rig: Rig) -> None:
+    status, _ = rig.done()
+    rig.done("other-app")
+    with rig.runtime.data_engine.connect() as conn:
+        held = sorted(conn.scalars(select(extract_members.c.member_id).where(extract_members.c.extract_id == status["extract_id"])))
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    officer = {"Authorization": f"Bearer {rig.token('officer-1', 'compliance_officer')}"}
+
+    scoped = rig.client.get("/v1/audit/scope", params={"client_id": "loyalty-app", "since": since, "until": until}, headers=officer)
+    none = rig.client.get("/v1/audit/scope", params={"client_id": "nobody", "since": since, "until": until}, headers=officer)
+
+    assert scoped.status_code == 200, scoped.text
+    assert held
+    assert scoped.json() == {"member_ids": held, "extract_ids": [status["extract_id"]]}
+    assert none.json() == {"member_ids": [], "extract_ids": []}

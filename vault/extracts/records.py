@@ -11,7 +11,7 @@ manifest and the counts stay.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.engine import write_transaction
-from vault.storage.schema import extracts
+from vault.storage.schema import extract_members, extracts
 
 INTERRUPTED = "interrupted"
 HEARTBEAT = timedelta(seconds=20)
@@ -55,6 +55,43 @@ class ExtractRecord:
 
 
 _COLUMNS = [extracts.c[name] for name in ExtractRecord.__dataclass_fields__]
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """A done extract that held a member: who received it, for what, and its audit event."""
+
+    extract_id: str
+    consumer_id: str
+    purpose: str
+    epoch: int
+    released_at: datetime | None
+    journal_id: int | None
+
+
+def holdings(conn: Connection, member_id: str) -> list[Holding]:
+    """Every done extract that held the member, oldest first (the member's access log lists them)."""
+    e, m = extracts.c, extract_members.c
+    rows = conn.execute(
+        select(e.extract_id, e.consumer_id, e.purpose, e.epoch, e.finished_at, e.journal_id)
+        .join(extract_members, m.extract_id == e.extract_id)
+        .where(m.member_id == member_id, e.status == "done")
+        .order_by(e.created_at, e.extract_id)
+    )
+    return [Holding(str(i), str(c), str(p), int(n), at, None if j is None else int(j)) for i, c, p, n, at, j in rows]
+
+
+def held_by_events(conn: Connection, journal_ids: Collection[int]) -> tuple[list[str], list[str]]:
+    """The extracts whose audit events these are, and the members they held (both sorted): breach scoping."""
+    e, m = extracts.c, extract_members.c
+    wanted = sorted(set(journal_ids))
+    if not wanted:
+        return [], []
+    ids = sorted(str(i) for i in conn.scalars(select(e.extract_id).where(e.journal_id.in_(wanted), e.status == "done")))
+    if not ids:
+        return [], []
+    held = sorted({str(member) for member in conn.scalars(select(m.member_id).where(m.extract_id.in_(ids)))})
+    return ids, held
 
 
 def extract_record(conn: Connection, extract_id: str) -> ExtractRecord | None:
@@ -105,4 +142,17 @@ def mark_purged(conn: Connection, extract_id: str, now: datetime) -> None:
     conn.execute(update(extracts).where(extracts.c.extract_id == extract_id, extracts.c.purged_at.is_(None)).values(purged_at=now))
 
 
-__all__ = ["HEARTBEAT", "INTERRUPTED", "STALE_AFTER", "ExtractRecord", "due_for_purge", "extract_record", "heartbeat", "interrupt_stale", "mark_purged"]
+__all__ = [
+    "HEARTBEAT",
+    "INTERRUPTED",
+    "STALE_AFTER",
+    "ExtractRecord",
+    "Holding",
+    "due_for_purge",
+    "extract_record",
+    "heartbeat",
+    "held_by_events",
+    "holdings",
+    "interrupt_stale",
+    "mark_purged",
+]

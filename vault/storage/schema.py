@@ -373,6 +373,7 @@ extracts = Table(
     _ts("heartbeat_at", nullable=True),  # a running job's last sign of life
     _ts("expires_at", nullable=True),  # its sealed data is purged after this (jobs run through the API)
     _ts("purged_at", nullable=True),
+    Column("journal_id", BigInteger, nullable=True),  # the extract's audit event (audit_journal.journal_id)
     CheckConstraint("format IN ('ndjson', 'csv', 'parquet')", name="format"),
     CheckConstraint("status IN ('running', 'done', 'refused', 'failed')", name="status"),
     Index(None, "consumer_id", "created_at"),

@@ -7,7 +7,8 @@ Create Date: 2026-11-23 01:40:00
 ``extracts`` gains ``content_bytes`` (what the sealed data file must hold),
 ``heartbeat_at`` (a running job's last sign of life: a job whose process died
 is marked failed by a sweep), ``expires_at`` and ``purged_at`` (the data is
-kept sealed until then, then its key is shredded). ``extract_members`` gains
+kept sealed until then, then its key is shredded) and ``journal_id`` (its audit
+event: the member's access log proves it). ``extract_members`` gains
 ``row_mac``: a keyed digest of the row the member was released as, so an
 incremental extract releases only rows that are new or changed since its base.
 Columns are added, never a table rebuilt, so the append-only triggers of
@@ -31,11 +32,13 @@ def upgrade() -> None:
     op.add_column('extracts', sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True))
     op.add_column('extracts', sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True))
     op.add_column('extracts', sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('extracts', sa.Column('journal_id', sa.BigInteger(), nullable=True))
     op.add_column('extract_members', sa.Column('row_mac', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('extracts', schema=None) as batch_op:
+        batch_op.drop_column('journal_id')
         batch_op.drop_column('purged_at')
         batch_op.drop_column('expires_at')
         batch_op.drop_column('heartbeat_at')
