@@ -2,7 +2,8 @@
 
 Signed by the development issuer (``member-vault-dev``), which the vault
 trusts only outside production mode. Staff get one clinic, the dpo all
-clinics, the member token reaches one demo member. Files are mode 600.
+clinics, the member token reaches one demo member, the loyalty token is the
+demo consumer `loyalty-app`. Files are mode 600.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from api.authn import DEV_ISSUER
 from api.runtime import Runtime
 from api.tokens import issue_token
 from keys.signing import SigningPurpose
+from vault.demo.consumers import DEMO_CONSUMERS
 from vault.roles import CLINIC_ROLES, Role
+
+LOYALTY_CONSUMER = DEMO_CONSUMERS[0].consumer_id
 
 
 def write_demo_tokens(rt: Runtime, directory: Path, *, clinic: str, member_id: str | None, ttl: timedelta, now: datetime) -> list[Path]:
@@ -26,11 +30,14 @@ def write_demo_tokens(rt: Runtime, directory: Path, *, clinic: str, member_id: s
         if role is Role.member and member_id is None:
             continue
         clinics = [clinic] if role in CLINIC_ROLES else ["*"] if role is Role.dpo else []
+        # The loyalty token is the demo's loyalty-app consumer (its extracts are the tokens' subject's).
+        subject = LOYALTY_CONSUMER if role is Role.loyalty_service else f"demo-{role.value.replace('_', '-')}"
         token, _ = issue_token(
             key,
             issuer=DEV_ISSUER,
             audience=rt.settings.audience,
-            subject=f"demo-{role.value.replace('_', '-')}",
+            subject=subject,
+            client_id=subject if role is Role.loyalty_service else None,
             roles=[role.value],
             ttl=ttl,
             now=now,
