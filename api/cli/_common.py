@@ -56,8 +56,11 @@ def runtime() -> Iterator[Runtime]:
         rt.close()
 
 
-def progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+def progress(*, terminal_only: bool = False) -> Progress:
+    """A progress bar on standard error; ``terminal_only``: not drawn when standard error is not a terminal (then a failure's reason is its one line)."""
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, disable=terminal_only and not console.is_terminal)
 
 
 _OPERATOR = re.compile(r"[!-~]{1,200}")

@@ -1,12 +1,14 @@
 """``vaultctl extract run``: one pseudonymized, k-anonymous extract for a registered consumer, written to a file.
 
-``extract run --consumer ID --format ndjson|csv|parquet --out FILE [--k K]``
+``extract run --consumer ID --format ndjson|csv|parquet --out FILE [--k K] [--since EXTRACT_ID]``
 runs the extract as the operator (``vault.extracts.runner``): the file is
 written beside ``FILE`` under a temporary name (mode 0600) and moved into
 place only once the extract's audit event is committed; its signed manifest
 goes to ``FILE.manifest.jws``. The extract id is printed on standard output,
 the counts on standard error. A request that cannot reach k within the
 consumer's suppression cap is refused: exit status 1, nothing written.
+``--since`` makes it incremental: only rows new or changed since the
+consumer's extracts up to that one (same pseudonym epoch).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from keys.signing import SigningPurpose
 from policies import DEFAULT_DIRECTORY
 from vault.consent import ConsentService, NoticeBook
 from vault.data_requests.spool import spool_directory
+from vault.errors import ConflictError, ValidationError
 from vault.extracts.consumers import ConsumerRegistry
 from vault.extracts.runner import ExtractAudit, ExtractRequest, ExtractRunner, ExtractSigning
 from vault.extracts.source import ProfileSource
@@ -41,6 +44,9 @@ def extract_run(
     fmt: Annotated[ExtractFormat, typer.Option("--format", help="Output format.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="The file to write (not overwritten if it exists).", show_default=False)],
     k: Annotated[int | None, typer.Option("--k", min=2, max=1000, help="A k above the consumer's own.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Incremental: a done extract of this consumer and epoch; only rows new or changed since.", show_default=False)
+    ] = None,
 ) -> None:
     """Run one extract for a consumer and write it to a file, with its signed manifest beside it."""
     if out.exists():
@@ -59,16 +65,19 @@ def extract_run(
         runner = ExtractRunner(rt.data_engine, rt.keys, ProfileSource(rt.keys, consent), registry, spool_dir=spool_directory(rt.settings.data_dir / "exports"))
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as sink, progress() as bar:
+            with os.fdopen(fd, "wb") as sink, progress(terminal_only=True) as bar:
                 task = bar.add_task(f"extract for {consumer}: members profiled", total=None)
                 outcome = runner.run(
-                    ExtractRequest(extract_id, chosen, fmt, k),
+                    ExtractRequest(extract_id, chosen, fmt, k, since),
                     sink,
                     audit=ExtractAudit(operator(), f"vaultctl-{uuid.uuid4()}", policy_hash),
                     signing=ExtractSigning(rt.signing.current(SigningPurpose.certificates), rt.settings.issuer),
                     now=now,
                     progress=lambda n: bar.update(task, completed=n),
                 )
+        except (ValidationError, ConflictError) as exc:
+            part.unlink(missing_ok=True)
+            fail(f"extract refused: {exc}" if isinstance(exc, ConflictError) else "--since must name a done extract of this consumer")
         except BaseException:
             part.unlink(missing_ok=True)
             raise
