@@ -467,3 +467,24 @@ def test_breach_scoping_of_a_consumer_covers_every_member_its_extracts_held(rig:
     assert held
     assert scoped.json() == {"member_ids": held, "extract_ids": [status["extract_id"]]}
     assert none.json() == {"member_ids": [], "extract_ids": []}
+
+
+def test_a_consumer_runs_one_extract_at_a_time_and_a_running_one_has_no_data_yet(rig: Rig) -> None:
+    running = new_id()
+    with write_transaction(rig.runtime.data_engine) as conn:
+        conn.execute(
+            insert(extracts).values(
+                extract_id=running, consumer_id="loyalty-app", purpose="loyalty_profiling", format="ndjson", epoch=1, status="running", k=2,
+                requested_by="loyalty-app", created_at=datetime.now(UTC), heartbeat_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+    before = _extract_count(rig)
+
+    code, answer = rig.start()
+    data = rig.client.get(f"/v1/extracts/{running}/data", headers=rig.headers("loyalty-app"))
+    other, _ = rig.start("other-app")
+
+    assert (code, answer["title"]) == (409, "Conflict")
+    assert data.status_code == 409
+    assert other == 202  # another consumer is not held up
+    assert _extract_count(rig) == before + 1

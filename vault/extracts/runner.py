@@ -29,11 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
-import multiprocessing
-import os
-import queue
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +38,8 @@ from pathlib import Path
 from typing import Protocol
 
 import jwt
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from audit.event import Actor, AuditEvent, Decision, event_time
 from audit.store import AuditJournal
@@ -57,12 +54,10 @@ from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, cho
 from vault.extracts.consumers import Consumer, ConsumerRegistry
 from vault.extracts.pseudonyms import ROOT_KEY, Pseudonymizer
 from vault.extracts.records import heartbeat
-from vault.extracts.source import ProfileSource, SourceRow, SourceSpec
+from vault.extracts.source import ProfileSource
 from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
-from vault.members import MemberRepository
-from vault.purposes import Purpose
 from vault.storage.engine import read_snapshot, write_transaction
-from vault.storage.schema import extract_members, extracts, members
+from vault.storage.schema import extract_members, extracts
 from vault.times import rfc3339_seconds
 
 MANIFEST_TYPE = "extract-manifest+jwt"
@@ -123,31 +118,12 @@ class ExtractOutcome:
 
 
 class ExtractRunner:
-    def __init__(
-        self,
-        engine: Engine,
-        keys: MemberKeys,
-        source: ProfileSource,
-        registry: ConsumerRegistry,
-        *,
-        spool_dir: Path | None = None,
-        opener: Callable[[], WorkerTarget] | None = None,
-        workers: int | None = None,
-        worker_range: int = 5000,
-    ) -> None:
-        """``opener`` (picklable, e.g. ``functools.partial(open_runtime, settings)``) lets the first pass run in ``workers`` processes.
-
-        ``workers`` defaults to one per CPU, at most 4; without an ``opener`` the first pass runs in this process,
-        as it does when the vault holds no more than ``worker_range`` members (the members a worker reads per task).
-        """
+    def __init__(self, engine: Engine, keys: MemberKeys, source: ProfileSource, registry: ConsumerRegistry, *, spool_dir: Path | None = None) -> None:
         self._engine = engine
         self._keys = keys
         self._source = source
         self._registry = registry
         self._spool_dir = spool_dir
-        self._opener = opener
-        self._workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        self._worker_range = worker_range
         self._journal = AuditJournal()
 
     def begin(self, conn: Connection, request: ExtractRequest, *, requested_by: str, now: datetime) -> None:
@@ -160,22 +136,28 @@ class ExtractRunner:
                 raise ValidationError({"since": "not_a_done_extract_of_this_consumer"})
             if base.epoch != epoch.epoch:
                 raise ConflictError("the base extract is from an earlier pseudonym epoch: take a full extract")
-        conn.execute(
-            insert(extracts).values(
-                extract_id=request.extract_id,
-                consumer_id=consumer.consumer_id,
-                purpose=consumer.purpose.value,
-                format=request.fmt.value,
-                epoch=epoch.epoch,
-                status="running",
-                k=max(consumer.k, request.requested_k or 0),
-                since=request.since,
-                requested_by=requested_by,
-                created_at=now,
-                heartbeat_at=now,
-                expires_at=request.keep_until,
-            )
-        )
+        row = {
+            "extract_id": request.extract_id,
+            "consumer_id": consumer.consumer_id,
+            "purpose": consumer.purpose.value,
+            "format": request.fmt.value,
+            "epoch": epoch.epoch,
+            "status": "running",
+            "k": max(consumer.k, request.requested_k or 0),
+            "since": request.since,
+            "requested_by": requested_by,
+            "created_at": now,
+            "heartbeat_at": now,
+            "expires_at": request.keep_until,
+        }
+        busy = ConflictError("an extract for this consumer is running; start the next one when it has finished")
+        if conn.execute(select(extracts.c.extract_id).where(extracts.c.consumer_id == consumer.consumer_id, extracts.c.status == "running")).first():
+            raise busy
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(extracts).values(**row))
+        except IntegrityError as exc:  # a concurrent start won the one-running-extract index
+            raise busy from exc
 
     def run(
         self,
@@ -305,45 +287,26 @@ class ExtractRunner:
         now: datetime,
         progress: Callable[[int], None] | None,
     ) -> None:
-        """Profile every eligible member into ``histogram`` and ``rows`` (in member id order), in this process or in worker processes.
-
-        With an ``opener`` and more than one worker, the member ids are cut into
-        ranges of ``worker_range`` members; each worker process opens its own engine and
-        key store, reads a range in its own read snapshot and sends back the
-        range's spool lines and histogram entries through a pipe (never a file:
-        decrypted values are written to disk only through the encrypted spool,
-        by this process). Ranges are taken in order, so the spool is the same as
-        the one-process pass writes.
-        """
         qi_names, sensitive_names = names
-        job = _Profiling(
-            consumer_id=consumer.consumer_id,
-            purpose=consumer.purpose,
-            attributes=tuple(consumer.attributes),
-            health=consumer.health,
-            epoch=epoch,
-            fields=tuple(sorted({f for a in pf.ATTRIBUTES if a.name in consumer.attributes for f in a.source_fields})),
-            qi_index=tuple(i for i, h in enumerate(hi.QUASI_IDENTIFIERS) if h.attribute in qi_names),
-            sensitive_index=tuple(i for i, a in enumerate(pf.SENSITIVE) if a.name in sensitive_names),
-            now=now,
-        )
-
-        def emit(lines: bytes, counted: Sequence[_Counted]) -> None:
-            for qi, sensitive in counted:
-                histogram.add(qi, sensitive)
-            rows.write(lines)
-            if progress is not None:
-                progress(histogram.rows)
-
-        ranges = _id_ranges(self._engine, self._worker_range)
-        first = next(ranges)
-        if self._opener is None or self._workers < 2 or first[1] is None:
-            profiler = _Profiler(job, self._keys.root_key(ROOT_KEY))
-            with read_snapshot(self._engine) as conn:
-                for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=now):
-                    emit(*profiler.profile(batch))
-            return
-        _in_workers(self._opener, self._workers, spec=self._source.spec(), job=job, ranges=itertools.chain([first], ranges), emit=emit)
+        fields = sorted({f for a in pf.ATTRIBUTES if a.name in consumer.attributes for f in a.source_fields})
+        builders = {health: pf.ProfileBuilder(consumer.attributes, health=health) for health in (False, True)}
+        qi_index = [i for i, h in enumerate(hi.QUASI_IDENTIFIERS) if h.attribute in qi_names]
+        sensitive_index = [i for i, a in enumerate(pf.SENSITIVE) if a.name in sensitive_names]
+        pseudonym = Pseudonymizer(self._keys.root_key(ROOT_KEY), consumer.consumer_id, epoch)
+        as_of = now.date()
+        with read_snapshot(self._engine) as conn:
+            for batch in self._source.batches(conn, consumer.purpose, fields=fields, want_health=consumer.health and bool(sensitive_names), now=now):
+                lines = []
+                for row in batch:
+                    profile = builders[consumer.health and row.health].build(row.facts, as_of)
+                    qi = tuple(profile.qi[i] for i in qi_index)
+                    sensitive = tuple(_hashable(profile.sensitive[i]) for i in sensitive_index) if sensitive_names else None
+                    histogram.add(qi, sensitive)
+                    lines.append(json.dumps([row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain], ensure_ascii=False, separators=(",", ":")))
+                if lines:
+                    rows.write(("\n".join(lines) + "\n").encode("utf-8"))
+                if progress is not None:
+                    progress(histogram.rows)
 
     def _second_pass(self, plan: Plan, rows: Spool, consumer: Consumer, qi_names: Sequence[str]) -> Iterator[tuple[str, OutRow]]:
         plain_names = [c.name for c in _plain_columns(consumer)]
@@ -413,198 +376,6 @@ def _held_before(conn: Connection, request: ExtractRequest, epoch: int, member_i
         .order_by(e.created_at, e.extract_id)
     )
     return {str(member_id): str(mac) for member_id, mac in rows}
-
-
-class WorkerTarget(Protocol):
-    """What an extract worker process opens with the runner's ``opener``: the data engine, the key store, the member repository."""
-
-    @property
-    def data_engine(self) -> Engine: ...
-
-    @property
-    def keys(self) -> MemberKeys: ...
-
-    @property
-    def members(self) -> MemberRepository: ...
-
-    def close(self) -> None: ...
-
-
-_Counted = tuple[
-    tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None
-]  # a row's histogram entry: level-0 quasi-identifiers, sensitive values
-
-
-@dataclass(frozen=True, slots=True)
-class _Profiling:
-    """What the first pass computes for each member: names and indices only, never a key or a value (it is sent to worker processes)."""
-
-    consumer_id: str
-    purpose: Purpose
-    attributes: tuple[str, ...]
-    health: bool  # the consumer may receive health-derived attributes
-    epoch: int
-    fields: tuple[str, ...]  # the member fields the attributes read
-    qi_index: tuple[int, ...]  # released quasi-identifiers, as indices into a profile's ``qi``
-    sensitive_index: tuple[int, ...]  # released sensitive attributes, as indices into a profile's ``sensitive``
-    now: datetime
-
-    @property
-    def want_health(self) -> bool:
-        return self.health and bool(self.sensitive_index)
-
-
-class _Profiler:
-    """One batch of source rows → their spool lines (``[member id, pseudonym, qi, sensitive, plain]`` JSON) and histogram entries."""
-
-    def __init__(self, job: _Profiling, pseudonym_root: bytes) -> None:
-        self._job = job
-        self._builders = {health: pf.ProfileBuilder(job.attributes, health=health) for health in (False, True)}
-        self._pseudonym = Pseudonymizer(pseudonym_root, job.consumer_id, job.epoch)
-        self._as_of = job.now.date()
-
-    def profile(self, batch: Sequence[SourceRow]) -> tuple[bytes, list[_Counted]]:
-        job, builders, pseudonym, as_of = self._job, self._builders, self._pseudonym, self._as_of
-        lines = []
-        counted: list[_Counted] = []
-        for row in batch:
-            profile = builders[job.health and row.health].build(row.facts, as_of)
-            qi = tuple(profile.qi[i] for i in job.qi_index)
-            sensitive = tuple(_hashable(profile.sensitive[i]) for i in job.sensitive_index) if job.sensitive_index else None
-            counted.append((qi, sensitive))
-            lines.append(json.dumps([row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain], ensure_ascii=False, separators=(",", ":")))
-        return ("".join(line + "\n" for line in lines)).encode("utf-8"), counted
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    seq: int
-    lines: bytes
-    counted: list[_Counted]
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: str  # the exception's class name only: a message might quote a value
-
-
-class ExtractWorkerError(RuntimeError):
-    """A first-pass worker process failed or exited; names the error class only."""
-
-
-def _id_ranges(engine: Engine, size: int) -> Iterator[tuple[str, str | None]]:
-    """Member id ranges ``(after, until]`` of ``size`` members each, in order; the last is open (``until`` None)."""
-    m = members.c
-    boundary = select(m.member_id).where(m.member_id > bindparam("after")).order_by(m.member_id).offset(size - 1).limit(1)
-    after = ""
-    while True:
-        with engine.connect() as conn:
-            until = conn.scalar(boundary, {"after": after})
-        yield after, None if until is None else str(until)
-        if until is None:
-            return
-        after = str(until)
-
-
-def _in_workers(
-    opener: Callable[[], WorkerTarget],
-    workers: int,
-    *,
-    spec: SourceSpec,
-    job: _Profiling,
-    ranges: Iterator[tuple[str, str | None]],
-    emit: Callable[[bytes, Sequence[_Counted]], None],
-) -> None:
-    """Profile ``ranges`` in ``workers`` spawned processes; ``emit`` each range's result in range order.
-
-    At most ``4 × workers`` ranges are out at a time, so results waiting for an
-    earlier range stay bounded. A worker that fails sends its error's class
-    name; one that dies is noticed within a second; either stops the pass.
-    """
-    context = multiprocessing.get_context("spawn")
-    tasks = context.Queue()
-    results = context.Queue()
-    processes = [context.Process(target=_serve, args=(opener, spec, job, tasks, results), name=f"extract-worker-{i}", daemon=True) for i in range(workers)]
-    for process in processes:
-        process.start()
-    try:
-        sent = emitted = 0
-        waiting: dict[int, _Done] = {}
-        for task in ranges:
-            tasks.put((sent, *task))
-            sent += 1
-            while sent - emitted >= 4 * workers or (sent - emitted - len(waiting) >= 2 * workers):
-                emitted = _collect(results, processes, waiting, emitted, emit)
-        while emitted < sent:
-            emitted = _collect(results, processes, waiting, emitted, emit)
-        for _ in processes:
-            tasks.put(None)
-        for process in processes:
-            process.join()
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join()
-        tasks.close()
-        results.close()
-
-
-def _collect(
-    results: multiprocessing.Queue[_Done | _Failed],
-    processes: Sequence[multiprocessing.process.BaseProcess],
-    waiting: dict[int, _Done],
-    emitted: int,
-    emit: Callable[[bytes, Sequence[_Counted]], None],
-) -> int:
-    """Take one result; emit every result now in order; the new count of emitted ranges."""
-    while True:
-        try:
-            message = results.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if any(not p.is_alive() for p in processes):
-                raise ExtractWorkerError("an extract worker process exited") from None
-    if isinstance(message, _Failed):
-        raise ExtractWorkerError(f"an extract worker failed: {message.error}")
-    waiting[message.seq] = message
-    while emitted in waiting:
-        done = waiting.pop(emitted)
-        emit(done.lines, done.counted)
-        emitted += 1
-    return emitted
-
-
-def _serve(
-    opener: Callable[[], WorkerTarget],
-    spec: SourceSpec,
-    job: _Profiling,
-    tasks: multiprocessing.Queue[tuple[int, str, str | None] | None],
-    results: multiprocessing.Queue[_Done | _Failed],
-) -> None:
-    """A worker process: profile each range it is given, in its own read snapshot, until told to stop (``None``)."""
-    try:
-        target = opener()
-    except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the pass
-        results.put(_Failed(type(exc).__name__))
-        return
-    try:
-        source = ProfileSource.reopen(spec, target.keys, target.members)
-        profiler = _Profiler(job, target.keys.root_key(ROOT_KEY))
-        while (task := tasks.get()) is not None:
-            seq, after, until = task
-            parts: list[bytes] = []
-            counted: list[_Counted] = []
-            with read_snapshot(target.data_engine) as conn:
-                for batch in source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now, after=after, until=until):
-                    lines, entries = profiler.profile(batch)
-                    parts.append(lines)
-                    counted.extend(entries)
-            results.put(_Done(seq, b"".join(parts), counted))
-    except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the pass
-        results.put(_Failed(type(exc).__name__))
-    finally:
-        target.close()
 
 
 def _plain_columns(consumer: Consumer) -> list[Column]:
@@ -700,6 +471,4 @@ __all__ = [
     "ExtractRunner",
     "ExtractSigning",
     "ExtractSink",
-    "ExtractWorkerError",
-    "WorkerTarget",
 ]

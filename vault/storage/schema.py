@@ -377,6 +377,8 @@ extracts = Table(
     CheckConstraint("format IN ('ndjson', 'csv', 'parquet')", name="format"),
     CheckConstraint("status IN ('running', 'done', 'refused', 'failed')", name="status"),
     Index(None, "consumer_id", "created_at"),
+    # One running extract per consumer: a consumer cannot start jobs faster than they finish.
+    Index("uq_extracts_running", "consumer_id", unique=True, sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
 )
 
 extract_members = Table(

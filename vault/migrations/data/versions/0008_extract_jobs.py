@@ -11,6 +11,7 @@ kept sealed until then, then its key is shredded) and ``journal_id`` (its audit
 event: the member's access log proves it). ``extract_members`` gains
 ``row_mac``: a keyed digest of the row the member was released as, so an
 incremental extract releases only rows that are new or changed since its base.
+A partial unique index allows one running extract per consumer.
 Columns are added, never a table rebuilt, so the append-only triggers of
 ``extract_members`` stay as they are.
 """
@@ -34,9 +35,12 @@ def upgrade() -> None:
     op.add_column('extracts', sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True))
     op.add_column('extracts', sa.Column('journal_id', sa.BigInteger(), nullable=True))
     op.add_column('extract_members', sa.Column('row_mac', sa.String(length=32), nullable=True))
+    running = sa.text("status = 'running'")
+    op.create_index('uq_extracts_running', 'extracts', ['consumer_id'], unique=True, sqlite_where=running, postgresql_where=running)
 
 
 def downgrade() -> None:
+    op.drop_index('uq_extracts_running', table_name='extracts')
     with op.batch_alter_table('extracts', schema=None) as batch_op:
         batch_op.drop_column('journal_id')
         batch_op.drop_column('purged_at')
