@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
 import threading
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, Row, Select, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, Select, bindparam, delete, func, insert, select, tuple_, update
 
 from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import KeyNotFoundError
@@ -83,6 +84,37 @@ class MemberKeySet:
         return cipher
 
 
+class _SqliteKeyReader:
+    """The one-owner key read on an embedded key store, straight on the driver: one read-only connection per thread.
+
+    Every member read asks the key store whether the member's key row is still
+    live (the shredding rule above). Through SQLAlchemy's pool that one SELECT
+    costs a checkout, a ``BEGIN``, a reset and a check-in — most of a member
+    read's overhead. In autocommit mode a SELECT on a WAL database sees the
+    last committed state when it starts, which is all the rule needs.
+    """
+
+    _ONE_SCOPE = "SELECT scope, version, kek_version, wrapped FROM member_keys WHERE owner_id = ? AND scope = ?"
+    _ALL = "SELECT scope, version, kek_version, wrapped FROM member_keys WHERE owner_id = ?"
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+        return conn
+
+    def fetch(self, owner: str, scope: str | None) -> list[tuple[str, int, int, bytes]]:
+        conn = self._connection()
+        rows = conn.execute(self._ALL, (owner,)) if scope is None else conn.execute(self._ONE_SCOPE, (owner, scope))
+        return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in rows]
+
+
 class _Cache:
     """A bounded LRU of unwrapped keys, keyed by the wrapped bytes they came from."""
 
@@ -130,6 +162,9 @@ class MemberKeys:
     ) -> None:
         self.engine = engine
         self.provider = provider
+        self._sqlite = (
+            _SqliteKeyReader(str(engine.url.database)) if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:") else None
+        )
         self._cache = _Cache(cache_size)
         self._random = random
         self._now = now
@@ -178,7 +213,7 @@ class MemberKeys:
         if wanted is not None and len(wanted) == 1:
             rows = self._fetch(_LOAD_ONE_SCOPE, {"owner": owner, "scope": wanted[0]})
         else:
-            rows = [r for r in self._fetch(_LOAD_ALL, {"owner": owner}) if wanted is None or r.scope in wanted]
+            rows = [r for r in self._fetch(_LOAD_ALL, {"owner": owner}) if wanted is None or r[0] in wanted]
         ciphers: dict[tuple[str, int], FieldCipher] = {}
         for scope, version, kek_version, wrapped in rows:
             ciphers[(scope, version)] = self._unwrap(owner, scope, version, kek_version, bytes(wrapped))
@@ -197,9 +232,11 @@ class MemberKeys:
             keyset.ciphers[(key_scope, version)] = self._unwrap(owner, key_scope, version, kek_version, bytes(wrapped))
         return found
 
-    def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[Row[str, int, int, bytes]]:
+    def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[tuple[str, int, int, bytes]]:
+        if self._sqlite is not None:
+            return self._sqlite.fetch(params["owner"], params.get("scope"))
         with self.engine.connect() as conn:
-            return conn.execute(stmt, params).all()
+            return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in conn.execute(stmt, params)]
 
     def live_owners(self, owners: Iterable[str], scope: str = DATA_SCOPE) -> set[str]:
         """The subset of ``owners`` whose ``scope`` key is live."""
