@@ -6,8 +6,8 @@ decision event in the request's transaction, then hands it to
 a long extract never holds a request thread. The rows go into the sealed
 store (``vault.extracts.store``) and stay there until ``expires_at``.
 
-While a job runs, the runner records its heartbeat
-(``vault.extracts.records.heartbeat``). ``sweep`` (called from each process's audit pump, at most every
+While a job waits or runs, its heartbeat is recorded
+(here while queued, by the runner while it runs). ``sweep`` (called from each process's audit pump, at most every
 ``SWEEP_EVERY``) marks ``failed``/``interrupted`` the running jobs that have
 been silent for ``records.STALE_AFTER`` — their process died — and purges their
 partial files, and purges the kept extracts past their time. Every step is
@@ -37,17 +37,38 @@ SWEEP_EVERY = timedelta(seconds=30)
 
 
 class ExtractJobs:
-    def __init__(self, engine: Engine, runner: ExtractRunner, store: ExtractStore) -> None:
+    def __init__(self, engine: Engine, runner: ExtractRunner, store: ExtractStore, *, heartbeat: timedelta = records.HEARTBEAT) -> None:
         self._engine = engine
+        self._heartbeat = heartbeat
         self._runner = runner
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract")
         self._last_sweep: datetime | None = None
         self._sweep_lock = threading.Lock()
+        # Jobs waiting for the worker thread get heartbeats too, so no sweep takes a queued job for a dead one.
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def submit(self, request: ExtractRequest, audit: ExtractAudit, signing: ExtractSigning) -> Future[None]:
         """Run a job ``begin`` recorded (its transaction committed)."""
+        with self._pending_lock:
+            self._pending.add(request.extract_id)
+            if self._beater is None:
+                self._beater = threading.Thread(target=self._beat_pending, name="extract-queue-heartbeat", daemon=True)
+                self._beater.start()
         return self._pool.submit(self._run, request, audit, signing)
+
+    def _beat_pending(self) -> None:
+        while not self._stop.wait(self._heartbeat.total_seconds()):
+            with self._pending_lock:
+                pending = set(self._pending)
+            try:
+                with write_transaction(self._engine) as conn:
+                    records.beat(conn, pending, datetime.now(UTC))
+            except SQLAlchemyError as exc:
+                log.warning("extract.heartbeat_failed", error=type(exc).__name__.lower())
 
     def _run(self, request: ExtractRequest, audit: ExtractAudit, signing: ExtractSigning) -> None:
         extract_id = request.extract_id
@@ -60,6 +81,8 @@ class ExtractJobs:
             # The runner marked the job failed (or could not reach the database: the sweep will); nothing is served.
             log.warning("extract.failed", extract_id=extract_id, error=type(exc).__name__.lower())
         finally:
+            with self._pending_lock:
+                self._pending.discard(extract_id)
             if status != "done":
                 self._discard(extract_id)
         log.info("extract.finished", extract_id=extract_id, status=status)
@@ -90,6 +113,7 @@ class ExtractJobs:
         return len(stale), len(due)
 
     def close(self) -> None:
+        self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -99,22 +99,26 @@ def extract_record(conn: Connection, extract_id: str) -> ExtractRecord | None:
     return None if row is None else ExtractRecord(*row)
 
 
+def beat(conn: Connection, extract_ids: Collection[str], now: datetime) -> None:
+    """A sign of life for jobs that are still running (queued ones included)."""
+    if extract_ids:
+        conn.execute(update(extracts).where(extracts.c.extract_id.in_(sorted(extract_ids)), extracts.c.status == "running").values(heartbeat_at=now))
+
+
 @contextmanager
 def heartbeat(engine: Engine, extract_id: str, every: timedelta = HEARTBEAT) -> Iterator[None]:
     """While the block runs, a daemon thread records the job's sign of life every ``every``."""
     stop = threading.Event()
 
-    def beat() -> None:
+    def beating() -> None:
         while not stop.wait(every.total_seconds()):
             try:
                 with write_transaction(engine) as conn:
-                    conn.execute(
-                        update(extracts).where(extracts.c.extract_id == extract_id, extracts.c.status == "running").values(heartbeat_at=datetime.now(UTC))
-                    )
+                    beat(conn, (extract_id,), datetime.now(UTC))
             except SQLAlchemyError as exc:
                 log.warning("extract.heartbeat_failed", extract_id=extract_id, error=type(exc).__name__.lower())
 
-    thread = threading.Thread(target=beat, name="extract-heartbeat", daemon=True)
+    thread = threading.Thread(target=beating, name="extract-heartbeat", daemon=True)
     thread.start()
     try:
         yield
@@ -148,6 +152,7 @@ __all__ = [
     "STALE_AFTER",
     "ExtractRecord",
     "Holding",
+    "beat",
     "due_for_purge",
     "extract_record",
     "heartbeat",
