@@ -113,8 +113,17 @@ class ExtractJobs:
         return len(stale), len(due)
 
     def close(self) -> None:
+        """Stop taking jobs: the running one finishes, queued ones are marked failed (``interrupted``) at once."""
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._pending_lock:
+            cancelled, self._pending = set(self._pending), set()
+        if cancelled:
+            now = datetime.now(UTC)
+            with write_transaction(self._engine) as conn:
+                records.interrupt(conn, cancelled, now)
+            for extract_id in sorted(cancelled):
+                self._discard(extract_id)
 
 
 __all__ = ["SWEEP_EVERY", "ExtractJobs"]

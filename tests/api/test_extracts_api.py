@@ -482,7 +482,8 @@ def test_a_consumer_runs_one_extract_at_a_time_and_a_running_one_has_no_data_yet
 
     code, answer = rig.start()
     data = rig.client.get(f"/v1/extracts/{running}/data", headers=rig.headers("loyalty-app"))
-    other, _ = rig.start("other-app")
+    other, started = rig.start("other-app")
+    rig.wait(str(started["extract_id"]), "other-app")
 
     assert (code, answer["title"]) == (409, "Conflict")
     assert data.status_code == 409

@@ -127,6 +127,15 @@ def heartbeat(engine: Engine, extract_id: str, every: timedelta = HEARTBEAT) -> 
         thread.join()
 
 
+def interrupt(conn: Connection, extract_ids: Collection[str], now: datetime) -> None:
+    """Mark these jobs ``failed``/``interrupted`` if they are still running (their process stops taking jobs)."""
+    if extract_ids:
+        e = extracts.c
+        conn.execute(
+            update(extracts).where(e.extract_id.in_(sorted(extract_ids)), e.status == "running").values(status="failed", reason=INTERRUPTED, finished_at=now)
+        )
+
+
 def interrupt_stale(conn: Connection, *, silent_since: datetime, now: datetime) -> list[str]:
     """Mark ``failed`` (``interrupted``) the running jobs with no heartbeat since ``silent_since``; their ids."""
     e = extracts.c
@@ -158,6 +167,7 @@ __all__ = [
     "heartbeat",
     "held_by_events",
     "holdings",
+    "interrupt",
     "interrupt_stale",
     "mark_purged",
 ]
