@@ -36,6 +36,15 @@ bytes they always had)::
 ``from_json_obj`` is strict: a missing or unknown key, a wrong type or another
 version is refused with ``EventFormatError`` naming the key and the rule, never
 the value.
+
+``is_plain_leaf(data)`` is the fast, one-regex form of "``data`` is
+``canonical_bytes(e.to_json_obj())`` for a valid event ``e``", for the common
+*plain* event: no ``details``, and no ``"`` or ``\\`` in any identifier (the
+only characters of an event that canonical JSON escapes). It is sound, never
+complete: ``True`` proves the bytes are a valid event's leaf; ``False`` proves
+nothing, and the caller checks such bytes the long way (``from_json_obj`` and
+``canonical_bytes``). ``tests/audit/test_canonical.py`` checks it against both
+and against ``rfc8785``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Self
 
 from audit._time import format_utc, is_utc_seconds
@@ -194,6 +204,62 @@ class AuditEvent:
         )
 
 
+# Possessive repeats (``{m,n}+``): what ends each repeat (a quote, a comma or a bracket) can never be part of it, so
+# giving characters back could never find another match; not trying saves time.
+_PLAIN_CODE = rb'"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}+"'  # _CODE, quoted: no character of a code is escaped
+_PLAIN_IDENT = rb'"[!#-\[\]-~]{1,256}+"'  # _IDENT without " and \, the two characters canonical JSON would escape
+_PLAIN_CODES = rb"\[(?:" + _PLAIN_CODE + rb"(?:," + _PLAIN_CODE + rb"){0,%d}+)?+\]" % (MAX_LIST_ITEMS - 1)
+
+
+def _optional(pattern: bytes) -> bytes:
+    return rb"(?:null|" + pattern + rb")"
+
+
+def _plain_object(values: Mapping[str, bytes]) -> bytes:
+    """The canonical text of a JSON object with exactly these keys, in RFC 8785 order (code-point order of ASCII keys)."""
+    return rb"\{" + b",".join(b'"' + key.encode("ascii") + b'":' + values[key] for key in sorted(values)) + rb"\}"
+
+
+_PLAIN_ACTOR = {
+    "subject": _PLAIN_IDENT,
+    "roles": _PLAIN_CODES,
+    "client_id": _optional(_PLAIN_IDENT),
+    "acting_staff": _optional(_PLAIN_IDENT),
+}
+_PLAIN_EVENT = {
+    "v": b"%d" % EVENT_VERSION,
+    "time": rb'"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)"',
+    "request_id": _PLAIN_IDENT,
+    "actor": _plain_object(_PLAIN_ACTOR),
+    "action": _PLAIN_CODE,
+    "resource_type": _PLAIN_CODE,
+    "resource_id": _optional(_PLAIN_IDENT),
+    "member_id": _optional(_PLAIN_IDENT),
+    "fields": _PLAIN_CODES,
+    "purpose": _optional(_PLAIN_CODE),
+    "decision": rb'"(?:' + b"|".join(d.value.encode("ascii") for d in Decision) + rb')"',
+    "reason_code": _PLAIN_CODE,
+    "policy_hash": _PLAIN_IDENT,
+    "outcome": _PLAIN_CODE,
+}
+_PLAIN_LEAF = re.compile(_plain_object(_PLAIN_EVENT))
+
+
+def is_plain_leaf(data: bytes) -> bool:
+    """True only if ``data`` is the leaf bytes of a valid event without ``details`` and without ``"`` or ``\\`` in any string.
+
+    Sound but not complete (see the module docstring): ``False`` means "not proven here", never "invalid".
+    """
+    match = _PLAIN_LEAF.fullmatch(data)
+    return match is not None and _is_event_time(match["time"])
+
+
+@lru_cache(maxsize=4096)
+def _is_event_time(text: bytes) -> bool:
+    """``is_utc_seconds`` of an ASCII time (the calendar check), memoized: a log holds few distinct seconds in a row."""
+    return is_utc_seconds(text.decode("ascii"))
+
+
 def _set(instance: object, name: str, value: object) -> None:
     object.__setattr__(instance, name, value)
 
@@ -288,4 +354,4 @@ def _decision(value: object) -> Decision:
     raise EventFormatError("decision: must be allow or deny")
 
 
-__all__ = ["EVENT_VERSION", "MAX_LIST_ITEMS", "Actor", "AuditEvent", "Decision", "event_time"]
+__all__ = ["EVENT_VERSION", "MAX_LIST_ITEMS", "Actor", "AuditEvent", "Decision", "event_time", "is_plain_leaf"]

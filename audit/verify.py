@@ -3,7 +3,21 @@
 Depends only on the standard library, ``cryptography`` and the pure modules
 of this package (event, canonical, merkle, checkpoint), so a member or an
 auditor can run it without the vault. It reads the export as a stream and
-keeps O(log n) state (the ``CompactRange``), whatever the number of events.
+keeps O(log n) state (the right edge of the tree), whatever the number of
+events; reading a file in worker processes adds one byte range per worker.
+
+Two entry points, one set of checks and one report for the same lines:
+
+- ``verify_export(lines, …)`` reads an iterable of decoded lines, in order;
+- ``verify_export_file(path, …)`` reads a file as ``vaultctl audit verify
+  --export`` does (split at ``\\n``; a line that is not UTF-8 is malformed).
+  A regular file larger than one chunk is checked in byte ranges by worker
+  processes (``audit._verify_chunks``), merged in order; anything else — a
+  small file, a pipe, one usable CPU, no ``fork`` — is read sequentially.
+
+Each line is first tried by a fast check of its raw bytes that only ever
+*proves* a line (``audit._verify_lines.plain_leaf``); a line it cannot prove
+is parsed and checked in full. Either way the outcome is the full check's.
 
 Export line format (API.md), one JSON object per line, in index order::
 
@@ -37,35 +51,24 @@ Reasons come from a fixed list (``Finding``) and never quote the export.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from audit.canonical import canonical_bytes
+from audit._verify_chunks import CHUNK_BYTES, Frontier, checked_chunks, plan
+from audit._verify_lines import MAX_LINE_CHARS, FailedError, Finding, leaf_of, leaf_of_text
 from audit.checkpoint import Checkpoint, VerifierKey, open_note, parse_checkpoint, parse_verifier_key
-from audit.errors import CanonicalJsonError, CheckpointFormatError, EventFormatError, NoteFormatError, VerificationError
-from audit.event import AuditEvent
-from audit.merkle import CompactRange, leaf_hash
+from audit.errors import CheckpointFormatError, NoteFormatError, VerificationError
+from audit.merkle import leaf_hash
 
-MAX_LINE_CHARS = 1 << 20
-_LINE_KEYS = frozenset({"index", "leaf", "event"})
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext
 
-
-class Finding(StrEnum):
-    NO_CHECKPOINT = "no checkpoint was given"
-    CHECKPOINT_MALFORMED = "a checkpoint is not a well-formed signed checkpoint"
-    CHECKPOINT_SIGNATURE = "a checkpoint has no valid signature from a pinned verifier key"
-    CHECKPOINT_ORIGIN = "a checkpoint names another origin"
-    LINE_MALFORMED = "the line is not a JSON object with exactly index, leaf and event"
-    INDEX_SKIPPED = "the line claims a later index: entries are missing or out of order"
-    INDEX_REPEATED = "the line repeats an earlier index: an entry was inserted or moved"
-    EVENT_MALFORMED = "the event does not follow the event schema"
-    LEAF_MISMATCH = "the leaf is not the canonical JSON of the event"
-    ROOT_MISMATCH = "the tree at a checkpoint's size does not have the checkpoint's root"
-    EXPORT_TRUNCATED = "the export ends before the size of a checkpoint"
-    UNPROVEN_ENTRY = "the export goes on past the largest checkpoint"
+_Line = TypeVar("_Line", str, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +96,6 @@ class Report:
             raise VerificationError(self.first_bad_index)
 
 
-class _FailedError(Exception):
-    def __init__(self, finding: Finding, index: int | None = None, checkpoint_number: int | None = None) -> None:
-        super().__init__(finding.value)
-        self.finding = finding
-        self.index = index
-        self.checkpoint_number = checkpoint_number
-
-
 def export_line(index: int, leaf: bytes) -> str:
     """The export line for the entry at ``index`` with these leaf bytes (no trailing newline)."""
     text = leaf.decode("utf-8")
@@ -112,42 +107,108 @@ def verify_export(lines: Iterable[str], checkpoints: Sequence[str], verifier_key
     keys = [parse_verifier_key(text) for text in verifier_keys]
     state = _State()
     try:
-        pending = _open_checkpoints(checkpoints, keys, origin)
-        last_size = pending[-1][0].size
-        state.settle(pending)
-        for position, line in enumerate(lines):
-            leaf = _read_line(line, position)
-            if position >= last_size:
-                raise _FailedError(Finding.UNPROVEN_ENTRY, position)
-            state.compact.append(leaf_hash(leaf))
-            state.entries += 1
-            state.settle(pending)
-        if state.compact.size < last_size:
-            raise _FailedError(Finding.EXPORT_TRUNCATED, state.compact.size)
-    except _FailedError as failed:
+        state.open(checkpoints, keys, origin)
+        state.read(lines, leaf_of_text)
+        state.finish()
+    except FailedError as failed:
         return state.report(failed)
+    return state.report(None)
+
+
+def verify_export_file(
+    path: str | Path,
+    checkpoints: Sequence[str],
+    verifier_keys: Sequence[str],
+    *,
+    origin: str | None = None,
+    workers: int | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Report:
+    """``verify_export`` of the lines of the file at ``path``, in ``workers`` processes (default: the usable CPUs).
+
+    The report is the one ``verify_export`` gives for the file's lines. Malformed verifier keys raise
+    ``VerifierKeyError``; a file that cannot be read raises ``OSError``.
+    """
+    keys = [parse_verifier_key(text) for text in verifier_keys]
+    state = _State()
+    with Path(path).open("rb") as file:
+        try:
+            state.open(checkpoints, keys, origin)
+            info = os.fstat(file.fileno())
+            jobs = _usable_cpus() if workers is None else workers
+            context = _fork_context() if jobs > 1 and stat.S_ISREG(info.st_mode) and info.st_size > chunk_bytes else None
+            if context is not None:
+                file.seek(state.read_chunks(context, file.fileno(), info.st_size, jobs, chunk_bytes))
+            state.read((raw.removesuffix(b"\n") for raw in file), leaf_of)
+            state.finish()
+        except FailedError as failed:
+            return state.report(failed)
     return state.report(None)
 
 
 class _State:
     def __init__(self) -> None:
-        self.compact = CompactRange()
+        self.tree = Frontier()
         self.entries = 0
         self.proven_size = 0
         self.verified: list[Checkpoint] = []
+        self.pending: deque[tuple[Checkpoint, int]] = deque()
+        self.last_size = 0
 
-    def settle(self, pending: deque[tuple[Checkpoint, int]]) -> None:
+    def open(self, texts: Sequence[str], keys: Sequence[VerifierKey], origin: str | None) -> None:
+        """Take the checkpoints (signature-checked and parsed, smallest size first) and settle those of size 0."""
+        self.pending = _open_checkpoints(texts, keys, origin)
+        self.last_size = self.pending[-1][0].size
+        self.settle()
+
+    def read(self, lines: Iterable[_Line], leaf_of_line: Callable[[_Line, int], bytes]) -> None:
+        """Append the leaves of ``lines``, the next entries in order, settling checkpoints on the way."""
+        for position, line in enumerate(lines, start=self.tree.size):
+            leaf = leaf_of_line(line, position)
+            if position >= self.last_size:
+                raise FailedError(Finding.UNPROVEN_ENTRY, position)
+            self.tree.append(leaf_hash(leaf))
+            self.entries += 1
+            self.settle()
+
+    def read_chunks(self, context: ForkContext, fd: int, size: int, workers: int, chunk_bytes: int) -> int:
+        """Merge the file's byte ranges, verified by worker processes, in order; return the offset to read on from.
+
+        That is the end of the file when every range was sound, else the start of the first line not merged:
+        reading on from there sequentially finds the first failure exactly.
+        """
+        tasks = plan(size, chunk_bytes, fd, [checkpoint.size for checkpoint, _ in self.pending])
+        merged = 0
+        with checked_chunks(context, tasks, workers) as results:
+            for result in results:
+                if not result.count and result.sound:
+                    continue
+                if not result.sound or result.offset != merged or result.start != self.tree.size or result.start + result.count > self.last_size:
+                    return merged
+                for segment_end, segment in result.segments:
+                    for level, subtree in segment:
+                        self.tree.append_subtree(level, subtree)
+                    self.entries = segment_end
+                    self.settle()
+                merged = result.next_offset
+        return merged
+
+    def settle(self) -> None:
         """Check (and drop) every pending checkpoint whose size the tree has reached."""
-        size = self.compact.size
-        while pending and pending[0][0].size == size:
-            checkpoint, number = pending[0]
-            if checkpoint.root_hash != self.compact.root():
-                raise _FailedError(Finding.ROOT_MISMATCH, size - 1 if size else None, number)
+        size = self.tree.size
+        while self.pending and self.pending[0][0].size == size:
+            checkpoint, number = self.pending[0]
+            if checkpoint.root_hash != self.tree.root():
+                raise FailedError(Finding.ROOT_MISMATCH, size - 1 if size else None, number)
             self.proven_size = size
             self.verified.append(checkpoint)
-            pending.popleft()
+            self.pending.popleft()
 
-    def report(self, failed: _FailedError | None) -> Report:
+    def finish(self) -> None:
+        if self.tree.size < self.last_size:
+            raise FailedError(Finding.EXPORT_TRUNCATED, self.tree.size)
+
+    def report(self, failed: FailedError | None) -> Report:
         return Report(
             entries=self.entries,
             proven_size=self.proven_size,
@@ -161,62 +222,41 @@ class _State:
 def _open_checkpoints(texts: Sequence[str], keys: Sequence[VerifierKey], origin: str | None) -> deque[tuple[Checkpoint, int]]:
     """The checkpoints, signature-checked and parsed, with their argument positions, smallest size first."""
     if not texts:
-        raise _FailedError(Finding.NO_CHECKPOINT)
+        raise FailedError(Finding.NO_CHECKPOINT)
     opened: list[tuple[Checkpoint, int]] = []
     for number, text in enumerate(texts):
         try:
             checkpoint = parse_checkpoint(open_note(text, keys).body)
         except VerificationError:
-            raise _FailedError(Finding.CHECKPOINT_SIGNATURE, checkpoint_number=number) from None
+            raise FailedError(Finding.CHECKPOINT_SIGNATURE, checkpoint_number=number) from None
         except (NoteFormatError, CheckpointFormatError):
-            raise _FailedError(Finding.CHECKPOINT_MALFORMED, checkpoint_number=number) from None
+            raise FailedError(Finding.CHECKPOINT_MALFORMED, checkpoint_number=number) from None
         expected = origin if origin is not None else opened[0][0].origin if opened else checkpoint.origin
         if checkpoint.origin != expected:
-            raise _FailedError(Finding.CHECKPOINT_ORIGIN, checkpoint_number=number)
+            raise FailedError(Finding.CHECKPOINT_ORIGIN, checkpoint_number=number)
         opened.append((checkpoint, number))
     return deque(sorted(opened, key=lambda pair: (pair[0].size, pair[1])))
 
 
-def _read_line(line: str, position: int) -> bytes:
-    """The leaf bytes of a sound line at ``position``; ``_FailedError`` otherwise."""
-    if len(line) > MAX_LINE_CHARS:
-        raise _FailedError(Finding.LINE_MALFORMED, position)
+def _fork_context() -> ForkContext | None:
+    """The ``fork`` context, or ``None`` where processes cannot fork.
+
+    Workers are forked, so they inherit the open export and the loaded modules (a spawned worker would re-import the
+    caller's ``__main__``). ``multiprocessing`` is imported only here, when a file is big enough to split: importing
+    it registers a ``__mp_main__`` module, which a verifier reading a small export has no use for.
+    """
+    import multiprocessing  # noqa: PLC0415  # see the docstring
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
+def _usable_cpus() -> int:
     try:
-        obj = json.loads(line, object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_float)
-    except (ValueError, RecursionError):
-        raise _FailedError(Finding.LINE_MALFORMED, position) from None
-    if not isinstance(obj, dict) or obj.keys() != _LINE_KEYS:
-        raise _FailedError(Finding.LINE_MALFORMED, position)
-    index, leaf, event = obj["index"], obj["leaf"], obj["event"]
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0 or not isinstance(leaf, str):
-        raise _FailedError(Finding.LINE_MALFORMED, position)
-    if index > position:
-        raise _FailedError(Finding.INDEX_SKIPPED, position)
-    if index < position:
-        raise _FailedError(Finding.INDEX_REPEATED, index)
-    try:
-        AuditEvent.from_json_obj(event)
-        expected = canonical_bytes(event)
-    except (EventFormatError, CanonicalJsonError):
-        raise _FailedError(Finding.EVENT_MALFORMED, position) from None
-    try:
-        leaf_bytes = leaf.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _FailedError(Finding.LEAF_MISMATCH, position) from None
-    if leaf_bytes != expected:
-        raise _FailedError(Finding.LEAF_MISMATCH, position)
-    return leaf_bytes
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _no_float(_text: str) -> NoReturn:
-    raise ValueError("not an integer")
-
-
-__all__ = ["MAX_LINE_CHARS", "Finding", "Report", "export_line", "verify_export"]
+__all__ = ["MAX_LINE_CHARS", "Finding", "Report", "export_line", "verify_export", "verify_export_file"]

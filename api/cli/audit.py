@@ -15,9 +15,10 @@
 - ``audit verify`` checks the live database against every stored checkpoint and
   the published one; ``audit verify --export FILE --checkpoint FILE …
   --verifier-key KEY …`` checks an export offline and never reads the settings,
-  the database or the keys. Either prints ``ok: N entries, checkpoints verified
-  up to size S``, or one line on standard error naming the first bad index and
-  the reason, and exits 1.
+  the database or the keys (``audit.verify.verify_export_file``: a large
+  export is checked in byte ranges by one worker process per CPU). Either
+  prints ``ok: N entries, checkpoints verified up to size S``, or one line on
+  standard error naming the first bad index and the reason, and exits 1.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -41,7 +42,7 @@ from audit.live_verify import verify_stored
 from audit.queries import export
 from audit.sequencer import Sequencer
 from audit.store import tree_size
-from audit.verify import Finding, Report, verify_export
+from audit.verify import Finding, Report, verify_export_file
 from keys.signing import SigningPurpose
 
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
@@ -167,8 +168,7 @@ def _verify_offline(export_file: Path, checkpoints: Sequence[Path], verifier_key
             fail(f"--verifier-key {number}: {exc}")
     notes = [_read_checkpoint(path) for path in checkpoints]
     try:
-        with export_file.open("rb") as file:
-            report = verify_export(_export_lines(file), notes, verifier_keys)
+        report = verify_export_file(export_file, notes, verifier_keys)
     except OSError as exc:
         fail(f"cannot read {export_file}: {exc.strerror}")
     except VerifierKeyError as exc:
@@ -188,15 +188,6 @@ def _read_checkpoint(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         fail(f"{path} is not UTF-8 text: not a checkpoint")
-
-
-def _export_lines(file: Iterable[bytes]) -> Iterator[str]:
-    """Each line without its newline; a line that is not UTF-8 becomes an empty (malformed) line at its position."""
-    for raw in file:
-        try:
-            yield raw.removesuffix(b"\n").decode("utf-8")
-        except UnicodeDecodeError:
-            yield ""
 
 
 def _failure(report: Report, labels: Sequence[str]) -> str:

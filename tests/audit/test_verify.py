@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from audit._verify_chunks import ChunkTask, Frontier, checked_chunks, plan, tiles
+from audit._verify_lines import plain_leaf, read_line
 from audit.errors import VerificationError, VerifierKeyError
 from audit.event import AuditEvent
-from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash
-from audit.verify import Finding, Report, export_line, verify_export
+from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash, root
+from audit.verify import MAX_LINE_CHARS, Finding, Report, export_line, verify_export, verify_export_file
 from tests.audit.factories import events, sample_event, signed_checkpoint, signing_key, verifier
 
 KEY = signing_key("vault")
@@ -289,3 +296,248 @@ def test_the_verifier_needs_only_the_standard_library_and_cryptography() -> None
     added = loaded - baseline - set(sys.stdlib_module_names)
     assert added == {"audit"}
     assert "keys" not in loaded
+
+
+# -- the file verifier: byte ranges in worker processes, merged in order -----------------------
+
+FORKS: list[int] = []
+os.register_at_fork(after_in_parent=lambda: FORKS.append(1))
+K = 5
+"""Lines per chunk in the chunk tests: ``chunk_bytes`` is the byte offset of line K."""
+
+
+def fixed_event(i: int) -> AuditEvent:
+    return sample_event(i, request_id=f"req-{i:06d}", member_id=f"m-{i:06d}", resource_id=f"m-{i:06d}")
+
+
+def write_export(directory: Path, lines: Sequence[str | bytes], *, last_newline: bool = True, name: str = "export.ndjson") -> Path:
+    raws = [line.encode("utf-8") if isinstance(line, str) else line for line in lines]
+    path = directory / name
+    path.write_bytes(b"\n".join(raws) + (b"\n" if raws and last_newline else b""))
+    return path
+
+
+def read_as_text(path: Path) -> list[str]:
+    """The file's lines as ``vaultctl audit verify --export`` read them before the file verifier: a line that is not UTF-8 became ``""``."""
+    lines = []
+    with path.open("rb") as file:
+        for raw in file:
+            try:
+                lines.append(raw.removesuffix(b"\n").decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append("")
+    return lines
+
+
+def offset_of(lines: Sequence[str | bytes], k: int) -> int:
+    """The byte offset of line ``k`` in ``write_export``'s file."""
+    return sum(len(line.encode("utf-8") if isinstance(line, str) else line) + 1 for line in lines[:k])
+
+
+def verify_both(path: Path, checkpoints: list[str], chunk_bytes: int) -> Report:
+    """The file verifier's report in two worker processes, checked equal to ``verify_export``'s report over the same lines."""
+    forks = len(FORKS)
+    report = verify_export_file(path, checkpoints, PINNED, workers=2, chunk_bytes=chunk_bytes)
+    assert (len(FORKS) > forks) is (path.stat().st_size > chunk_bytes)
+    assert report == verify(read_as_text(path), checkpoints)
+    return report
+
+
+@pytest.fixture
+def log() -> Log:
+    """An export of 4 chunks and three lines (K lines a chunk)."""
+    return Log([fixed_event(i) for i in range(4 * K + 3)])
+
+
+def test_this_platform_forks_the_workers_the_chunk_tests_count() -> None:
+    """``verify_both`` expects forks for a file larger than a chunk: the file verifier forks its workers (and reads sequentially without ``fork``)."""
+    assert "fork" in multiprocessing.get_all_start_methods()
+
+
+def test_an_export_from_a_pipe_is_read_sequentially(tmp_path: Path, log: Log) -> None:
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    content = write_export(tmp_path, log.lines).read_bytes()
+    writer = threading.Thread(target=fifo.write_bytes, args=(content,))
+    writer.start()
+    forks = len(FORKS)
+    try:
+        report = verify_export_file(fifo, [log.checkpoint()], PINNED, workers=2, chunk_bytes=100)
+    finally:
+        writer.join()
+    assert (report.ok, report.entries, len(FORKS)) == (True, log.size, forks)
+
+
+def test_a_small_export_file_is_read_sequentially_and_a_large_one_by_workers(tmp_path: Path, log: Log) -> None:
+    path = write_export(tmp_path, log.lines)
+    forks = len(FORKS)
+    assert verify_export_file(path, [log.checkpoint()], PINNED).ok
+    assert len(FORKS) == forks
+    assert verify_export_file(path, [log.checkpoint()], PINNED, workers=2, chunk_bytes=offset_of(log.lines, K)).ok
+    assert len(FORKS) > forks
+    assert verify_export_file(path, [log.checkpoint()], PINNED, workers=1, chunk_bytes=offset_of(log.lines, K)).ok
+
+
+@pytest.mark.parametrize("size", [0, 1, K - 1, K, K + 1, 2 * K - 1, 2 * K, 2 * K + 1, 4 * K + 1])
+def test_exports_of_any_size_around_the_chunk_size_verify_in_workers(tmp_path: Path, log: Log, size: int) -> None:
+    path = write_export(tmp_path, log.lines[:size])
+    report = verify_both(path, [log.checkpoint(size)], chunk_bytes=offset_of(log.lines, K))
+    assert (report.ok, report.entries, report.proven_size) == (True, size, size)
+
+
+@pytest.mark.parametrize("shift", [-2, -1, 0, 1, 2])
+def test_chunk_boundaries_just_before_at_and_after_a_line_start_lose_and_repeat_no_line(tmp_path: Path, log: Log, shift: int) -> None:
+    path = write_export(tmp_path, log.lines)
+    report = verify_both(path, log.every_checkpoint(), chunk_bytes=offset_of(log.lines, K) + shift)
+    assert (report.ok, report.entries, len(report.checkpoints)) == (True, log.size, log.size + 1)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1000])
+def test_chunks_smaller_than_a_line_verify(tmp_path: Path, chunk_bytes: int) -> None:
+    small = Log([fixed_event(i) for i in range(3)])
+    for size in (1, 3):
+        report = verify_both(write_export(tmp_path, small.lines[:size]), [small.checkpoint(size)], chunk_bytes)
+        assert (report.ok, report.entries) == (True, size)
+
+
+def test_a_last_line_without_a_newline_verifies(tmp_path: Path, log: Log) -> None:
+    path = write_export(tmp_path, log.lines, last_newline=False)
+    assert verify_both(path, [log.checkpoint()], chunk_bytes=offset_of(log.lines, K)).ok
+
+
+WHERE = {
+    "first chunk": 1,
+    "last line of the first chunk": K - 1,
+    "first line of the second chunk": K,
+    "middle chunk": 2 * K + 2,
+    "last line of a middle chunk": 3 * K - 1,
+    "first line of the last chunk": 4 * K,
+    "last chunk": 4 * K + 1,
+}
+
+
+def _changed_event(log: Log, i: int) -> Sequence[str | bytes]:
+    lines: list[str | bytes] = list(log.lines)
+    lines[i] = json.dumps({"index": i, "leaf": log.leaves[i].decode(), "event": fixed_event(900 + i).to_json_obj()}, separators=(",", ":"))
+    return lines
+
+
+def _rewritten(log: Log, i: int) -> Sequence[str | bytes]:
+    lines: list[str | bytes] = list(log.lines)
+    lines[i] = export_line(i, fixed_event(900 + i).leaf_bytes())
+    return lines
+
+
+TAMPERING: dict[str, tuple[Callable[[Log, int], Sequence[str | bytes]], Callable[[int, int], tuple[Finding, int]]]] = {
+    "changed event": (_changed_event, lambda i, _n: (Finding.LEAF_MISMATCH, i)),
+    "rewritten entry": (_rewritten, lambda i, n: (Finding.ROOT_MISMATCH, n - 1)),
+    "dropped": (lambda log, i: log.lines[:i] + log.lines[i + 1 :], lambda i, _n: (Finding.INDEX_SKIPPED, i)),
+    "duplicated": (lambda log, i: [*log.lines[: i + 1], *log.lines[i:]], lambda i, _n: (Finding.INDEX_REPEATED, i)),
+    "swapped with the next": (lambda log, i: [*log.lines[:i], log.lines[i + 1], log.lines[i], *log.lines[i + 2 :]], lambda i, _n: (Finding.INDEX_SKIPPED, i)),
+    "not UTF-8": (lambda log, i: [*log.lines[:i], log.lines[i].encode() + b"\xff", *log.lines[i + 1 :]], lambda i, _n: (Finding.LINE_MALFORMED, i)),
+    "blank": (lambda log, i: [*log.lines[:i], "", *log.lines[i + 1 :]], lambda i, _n: (Finding.LINE_MALFORMED, i)),
+    "too long": (lambda log, i: [*log.lines[:i], " " * (MAX_LINE_CHARS + 9), *log.lines[i + 1 :]], lambda i, _n: (Finding.LINE_MALFORMED, i)),
+}
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("tampering", TAMPERING)
+def test_tampering_anywhere_in_the_chunks_is_named_as_the_sequential_verifier_names_it(tmp_path: Path, log: Log, tampering: str, where: str) -> None:
+    tamper, expected = TAMPERING[tampering]
+    i = WHERE[where]
+    path = write_export(tmp_path, tamper(log, i))
+    report = verify_both(path, [log.checkpoint()], chunk_bytes=offset_of(log.lines, K))
+    assert (report.finding, report.first_bad_index) == expected(i, log.size)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_rewritten_entry_is_caught_at_the_checkpoint_inside_its_chunk(tmp_path: Path, log: Log, where: str) -> None:
+    i = WHERE[where]
+    report = verify_both(write_export(tmp_path, _rewritten(log, i)), log.every_checkpoint(), chunk_bytes=offset_of(log.lines, K))
+    assert (report.finding, report.first_bad_index, report.proven_size, report.entries) == (Finding.ROOT_MISMATCH, i, i, i + 1)
+
+
+def test_a_missing_last_line_and_an_unproven_extra_line_are_named(tmp_path: Path, log: Log) -> None:
+    chunk = offset_of(log.lines, K)
+    truncated = verify_both(write_export(tmp_path, log.lines[:-1]), [log.checkpoint()], chunk)
+    assert (truncated.finding, truncated.first_bad_index) == (Finding.EXPORT_TRUNCATED, log.size - 1)
+    unproven = verify_both(write_export(tmp_path, log.lines), [log.checkpoint(log.size - 1)], chunk)
+    assert (unproven.finding, unproven.first_bad_index) == (Finding.UNPROVEN_ENTRY, log.size - 1)
+    early = verify_both(write_export(tmp_path, log.lines), [log.checkpoint(2)], chunk)
+    assert (early.finding, early.first_bad_index) == (Finding.UNPROVEN_ENTRY, 2)
+
+
+def test_sound_lines_the_fast_check_cannot_prove_verify_in_workers(tmp_path: Path) -> None:
+    """Identifiers with ``"`` and ``\\``, ``details``, spaced JSON and a CR before the newline all take the full check."""
+    items = [fixed_event(i) for i in range(4 * K)]
+    items[1] = sample_event(1, request_id='req-"quoted"-\\-1')
+    items[K] = sample_event(K, details={"rows": 3, "members_sha256": "ab" * 32})
+    log = Log(items)
+    lines: list[str | bytes] = list(log.lines)
+    lines[2 * K] = json.dumps(json.loads(log.lines[2 * K]))
+    lines[3 * K] = log.lines[3 * K] + "\r"
+    report = verify_both(write_export(tmp_path, lines), log.every_checkpoint(), chunk_bytes=offset_of(log.lines, K))
+    assert (report.ok, report.entries) == (True, log.size)
+
+
+tamperings = st.sampled_from(["none", *TAMPERING.keys() - {"too long"}])
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(events, min_size=1, max_size=30), st.data())
+def test_the_file_verifier_reports_what_the_sequential_verifier_reports(
+    tmp_path_factory: pytest.TempPathFactory, items: list[AuditEvent], data: st.DataObject
+) -> None:
+    log = Log(items)
+    tampering = data.draw(tamperings if log.size > 1 else tamperings.filter(lambda name: name != "swapped with the next"), label="tampering")
+    i = data.draw(st.integers(0, log.size - (2 if tampering == "swapped with the next" else 1)), label="index")
+    lines = log.lines if tampering == "none" else TAMPERING[tampering][0](log, i)
+    sizes = data.draw(st.sets(st.integers(0, log.size)), label="checkpoint sizes")
+    checkpoints = [log.checkpoint(size) for size in sorted(sizes)] or [log.checkpoint()]
+    path = write_export(tmp_path_factory.mktemp("export"), lines)
+    verify_both(path, checkpoints, chunk_bytes=data.draw(st.integers(1, offset_of(log.lines, log.size)), label="chunk bytes"))
+
+
+@settings(deadline=None, max_examples=500)
+@given(events, st.integers(0, 10**7), st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 3), st.binary(max_size=3)), min_size=1, max_size=3))
+def test_the_fast_line_check_proves_only_what_the_full_check_accepts(event: AuditEvent, position: int, edits: list[tuple[int, int, bytes]]) -> None:
+    raw = export_line(position, event.leaf_bytes()).encode("utf-8")
+    if b"\\" not in event.leaf_bytes():  # no escaped character in the event: the fast check proves the line
+        assert plain_leaf(raw, position) == event.leaf_bytes()
+    for where, cut, insert in edits:
+        at = where % (len(raw) + 1)
+        raw = raw[:at] + insert + raw[at + cut :]
+    leaf = plain_leaf(raw, position)
+    if leaf is not None:
+        assert read_line(raw.decode("utf-8"), position) == leaf
+
+
+def test_a_worker_that_dies_ends_the_results_early_instead_of_hanging(tmp_path: Path, log: Log) -> None:
+    """The file verifier then reads on sequentially from the last line it merged; here reading a bad file descriptor kills worker 1."""
+    path = write_export(tmp_path, log.lines)
+    with path.open("rb") as file:
+        good, second = plan(path.stat().st_size, offset_of(log.lines, K), file.fileno(), [log.size])[:2]
+        dead = ChunkTask(-1, second.begin, second.end, second.checkpoint_sizes)
+        with checked_chunks(multiprocessing.get_context("fork"), [good, dead, good], workers=2) as results:
+            got = list(results)
+    assert [(r.offset, r.count, r.start, r.sound) for r in got] == [(0, K, 0, True)]
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.integers(0, 300), st.data())
+def test_tiles_merged_in_order_give_the_rfc6962_root(size: int, data: st.DataObject) -> None:
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    cuts = sorted(data.draw(st.sets(st.integers(0, size)), label="cuts") | {0, size})
+    frontier = Frontier()
+    for begin, end in itertools.pairwise(cuts):
+        for level, subtree in tiles(hashes, 0, begin, end):
+            frontier.append_subtree(level, subtree)
+        assert (frontier.size, frontier.root()) == (end, root(hashes[:end]))
+    assert (frontier.size, frontier.root()) == (size, root(hashes))
+
+
+def test_a_subtree_out_of_alignment_is_refused() -> None:
+    frontier = Frontier()
+    frontier.append(leaf_hash(b"a"))
+    with pytest.raises(ValueError, match="multiple of its width"):
+        frontier.append_subtree(1, leaf_hash(b"b"))
