@@ -59,7 +59,7 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from audit.verify import Finding, Report, export_line, verify_export
+from audit.verify import Finding, Report, export_line, verify_export, verify_export_file
 
 __all__ = [
     "EMPTY_ROOT",
@@ -102,5 +102,6 @@ __all__ = [
     "verifier_key_string",
     "verify_consistency",
     "verify_export",
+    "verify_export_file",
     "verify_inclusion",
 ]
