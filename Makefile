@@ -42,6 +42,7 @@ bench: $(STAMP)
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.http
 	bash scripts/with-test-services.sh $(BIN)/python -m tests.benchmarks.audit
 	$(BIN)/python -m tests.benchmarks.requests
+	$(BIN)/python -m tests.benchmarks.extracts
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

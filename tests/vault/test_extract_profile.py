@@ -10,21 +10,41 @@ and exhaustive value domains.
 from __future__ import annotations
 
 import calendar
+import functools
+import io
+import multiprocessing
 import unicodedata
-from collections.abc import Iterator
-from datetime import date, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
+from api.runtime import Runtime, open_runtime
+from api.settings import Settings
+from audit.event import Actor
+from keys.signing import SigningPurpose
 from vault import data_map as dm
 from vault import value_sets as vs
-from vault.demo import catalog
+from vault.clients import ROOT_KEY as CLIENT_ROOT
+from vault.clients import ClientRegistry
+from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, ConsentService, NoticeBook, Recorder, RecorderRole
+from vault.demo import catalog, seed_members
 from vault.extracts import hierarchies as hi
 from vault.extracts import profile as pr
 from vault.extracts._gazetteer import CITY_PROVINCE, PROVINCE_REGION
+from vault.extracts.consumers import ConsumerRegistry
+from vault.extracts.runner import ExtractAudit, ExtractOutcome, ExtractRequest, ExtractRunner, ExtractSigning, ExtractWorkerError
+from vault.extracts.source import ProfileSource
+from vault.extracts.writers import ExtractFormat
+from vault.ids import new_id
+from vault.purposes import Purpose
+from vault.storage.engine import write_transaction
+from vault.storage.schema import extracts
 
 FAST = settings(max_examples=150, deadline=None)
 AS_OF = date(2026, 3, 1)
@@ -618,3 +638,94 @@ def test_no_direct_identifier_value_appears_in_a_profile(secret: dict[str, str],
     for i, h in enumerate(hi.QUASI_IDENTIFIERS):
         for level in range(len(h.levels)):
             h.generalize(p.qi[i], level)  # every released label lies in its hierarchy's domain
+
+
+# -- the first pass in worker processes ----------------------------------------------------------
+
+NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+RUN_AS = Actor("staff:dpo-1", ("dpo",), None, None)
+
+
+def _extract_vault(runtime: Runtime, members: int) -> tuple[ConsentService, ConsumerRegistry]:
+    """Seeded members, most with loyalty consent and about half with health consent, and a consumer of every attribute kind."""
+    consent = ConsentService(runtime.members, NoticeBook())
+    registry = ConsumerRegistry()
+    ids = seed_members(runtime.data_engine, runtime.keys, runtime.members, count=members, seed=3, now=NOW - timedelta(days=30)).member_ids
+    with write_transaction(runtime.data_engine) as conn:
+        for i, member_id in enumerate(ids):
+            for purpose, wanted in ((Purpose.loyalty_profiling, i % 4 != 0), (Purpose.health_data, i % 2 == 0)):
+                if wanted:
+                    request = ConsentRequest(purpose, ConsentDecision.granted, ConsentChannel.app, notice_version=1)
+                    consent.record(
+                        conn, member_id, request, Recorder("app", RecorderRole.member), consent_id=new_id(), request_id="t", now=NOW - timedelta(days=1)
+                    )
+        ClientRegistry(runtime.keys.root_key(CLIENT_ROOT)).add(conn, "panel", ["loyalty_service"], [], NOW)
+        attributes = ["gender", "age_band", "region", "spend_band", "tier", "rfm", "interest_tags", "skin_type", "has_allergies"]
+        registry.register(conn, "panel", purpose="loyalty_profiling", attributes=attributes, health=True, k=2, suppression_cap_permille=500, now=NOW)
+    return consent, registry
+
+
+def _run(runner: ExtractRunner, runtime: Runtime, registry: ConsumerRegistry, progress: Callable[[int], None] | None = None) -> tuple[ExtractOutcome, bytes]:
+    with runtime.data_engine.connect() as conn:
+        consumer = registry.get(conn, "panel")
+    out = io.BytesIO()
+    signing = ExtractSigning(runtime.signing.current(SigningPurpose.certificates), "member-vault")
+    outcome = runner.run(
+        ExtractRequest(new_id(), consumer, ExtractFormat.ndjson),
+        out,
+        audit=ExtractAudit(RUN_AS, "req-t", "policy-t"),
+        signing=signing,
+        now=NOW,
+        progress=progress,
+    )
+    return outcome, out.getvalue()
+
+
+def test_an_extract_profiled_in_worker_processes_is_the_one_profiled_in_this_process(
+    runtime: Runtime, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """This process and two workers, seven members a task: the same rows in the same order, so the same bytes, plan and counts."""
+    consent, registry = _extract_vault(runtime, 40)
+    here = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, consent, batch=5), registry, spool_dir=tmp_path)
+    spread = ExtractRunner(
+        runtime.data_engine,
+        runtime.keys,
+        ProfileSource(runtime.keys, consent, batch=5),
+        registry,
+        spool_dir=tmp_path,
+        opener=functools.partial(open_runtime, make_settings()),
+        workers=3,
+        worker_range=7,
+    )
+    seen: list[str] = []
+    alone, alone_bytes = _run(here, runtime, registry)
+    together, together_bytes = _run(spread, runtime, registry, lambda _: seen.extend(p.name for p in multiprocessing.active_children()))
+    assert alone.status == together.status == "done"
+    assert alone.rows == together.rows > 0
+    assert together_bytes == alone_bytes
+    assert alone.claims is not None
+    assert together.claims is not None
+    assert together.claims["anonymity"] == alone.claims["anonymity"]
+    assert together.members_sha256 == alone.members_sha256
+    assert {"extract-worker-0", "extract-worker-1"} <= set(seen)
+
+
+def test_a_worker_that_cannot_open_the_vault_stops_the_extract_which_is_marked_failed(
+    runtime: Runtime, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    consent, registry = _extract_vault(runtime, 20)
+    broken = make_settings().model_copy(update={"data_dir": tmp_path / "nowhere"})  # no keyring there: opening the vault fails in the worker
+    runner = ExtractRunner(
+        runtime.data_engine,
+        runtime.keys,
+        ProfileSource(runtime.keys, consent),
+        registry,
+        spool_dir=tmp_path,
+        opener=functools.partial(open_runtime, broken),
+        workers=2,
+        worker_range=5,
+    )
+    with pytest.raises(ExtractWorkerError, match=r"^an extract worker failed: \w+$"):
+        _run(runner, runtime, registry)
+    with runtime.data_engine.connect() as conn:
+        assert conn.execute(select(extracts.c.status, extracts.c.reason)).one() == ("failed", "extractworkererror")

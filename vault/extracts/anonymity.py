@@ -37,43 +37,29 @@ Search: raising a level only merges classes, so suppression never grows with
 height; the top node (one class of every row) is the best any node can do, and
 if it misses the cap the request is refused at once. Otherwise the search
 descends from the top while the height below holds a node meeting the cap
-(``_Search``), then evaluates every node of the lowest such height that is not
-known to fail. A node with a failing successor fails, so it is tagged, never
-evaluated. A node's class counts are rolled up from a parent's one level finer
-(never from the rows), a class being an ``int`` with one bit field per
-attribute, so a roll-up costs one shift, mask, look-up and addition per class
-of the parent. Hierarchies are checked to be nested (a level's label is a
-function of the previous level's) and to end in ``*``.
+(``Search`` in ``vault.extracts._lattice``), then evaluates every node of the
+lowest such height that is not known to fail. A node with a failing successor
+fails, so it is tagged, never evaluated. A node's class counts are rolled up
+from a parent's one level finer (never from the rows): a class key packs one
+bit field per attribute into int64 words, and a roll-up is a shift, mask,
+look-up and addition per class of the parent followed by a hash group-by, all
+in Arrow. Hierarchies are checked to be nested (a level's label is a function
+of the previous level's) and to end in ``*``.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from operator import getitem
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-ANY = "*"
+from vault.extracts._lattice import Classes, Generalizer, Key, Lattice, Node, Search
 
-Node = tuple[int, ...]
 Sensitive = tuple[Hashable | None, ...]
-Classes = dict[int, int]  # packed class key → row count
-
-
-class Generalizer(Protocol):
-    """A quasi-identifier's generalization hierarchy, as the engine sees it."""
-
-    @property
-    def attribute(self) -> str: ...  # the released attribute name
-
-    @property
-    def levels(self) -> tuple[str, ...]: ...  # level names, finest first; the last is "*"
-
-    def generalize(self, value: str | None, level: int) -> str: ...  # a level-0 value's label at ``level``
 
 
 class AnonymityRefusedError(Exception):
@@ -94,10 +80,12 @@ class Histogram:
     Each (sensitive attribute, value) seen gets one bit; a distinct sensitive
     tuple is coded once as the OR of its values' bits, and a quasi-identifier
     tuple keeps the OR of its rows' codes. Memory grows with the distinct
-    quasi-identifier tuples and the sensitive values' domain, never with the rows.
+    quasi-identifier tuples and the sensitive values' domain, never with the
+    rows: a new tuple is stored with each attribute's one copy of each value
+    (rows arriving from worker processes carry their own copies).
     """
 
-    __slots__ = ("_bits", "_codes", "_counts", "_masks", "_rows", "_width", "attributes", "sensitive_attributes")
+    __slots__ = ("_bits", "_codes", "_counts", "_masks", "_rows", "_values", "_width", "attributes", "sensitive_attributes")
 
     def __init__(self, attributes: Sequence[str], sensitive_attributes: Sequence[str] = ()) -> None:
         self.attributes = tuple(attributes)
@@ -105,6 +93,7 @@ class Histogram:
         self._width = len(self.attributes)
         self._rows = 0
         self._counts: dict[tuple[str | None, ...], int] = {}
+        self._values: tuple[dict[str | None, str | None], ...] = tuple({} for _ in self.attributes)  # per attribute, each value seen (its one copy)
         self._masks: dict[tuple[str | None, ...], int] = {}  # quasi-identifier tuple → bits of its sensitive values
         self._codes: dict[Sensitive, int] = {}  # a sensitive tuple → the bits of its values
         self._bits: tuple[dict[Hashable, int], ...] = tuple({} for _ in self.sensitive_attributes)  # per attribute, value → bit
@@ -118,12 +107,21 @@ class Histogram:
         """The number of distinct level-0 quasi-identifier tuples."""
         return len(self._counts)
 
+    def domains(self) -> tuple[list[str | None], ...]:
+        """Per attribute, the level-0 values seen."""
+        return tuple(list(values) for values in self._values)
+
     def add(self, qi: tuple[str | None, ...], sensitive: Sensitive | None = None) -> None:
         """Count one row: its level-0 quasi-identifiers (in ``attributes`` order) and its sensitive values or ``None``."""
-        if len(qi) != self._width:
-            raise ValueError(f"histogram: a row with {len(qi)} quasi-identifiers, expected {self._width}")
         counts = self._counts
-        counts[qi] = counts.get(qi, 0) + 1
+        seen = counts.get(qi)
+        if seen is None:
+            if len(qi) != self._width:
+                raise ValueError(f"histogram: a row with {len(qi)} quasi-identifiers, expected {self._width}")
+            qi = tuple(map(dict.setdefault, self._values, qi, qi))
+            counts[qi] = 1
+        else:
+            counts[qi] = seen + 1
         self._rows += 1
         if sensitive is None:
             return
@@ -131,7 +129,12 @@ class Histogram:
         if code is None:
             code = self._code(sensitive)
         if code:
-            self._masks[qi] = self._masks.get(qi, 0) | code
+            masks = self._masks
+            held = masks.get(qi)
+            if held is None:
+                masks[tuple(map(dict.setdefault, self._values, qi, qi))] = code
+            else:
+                masks[qi] = held | code
 
     def _code(self, sensitive: Sensitive) -> int:
         if len(sensitive) != len(self._bits):
@@ -234,130 +237,9 @@ def suppression_limit(cap: float | Fraction | Decimal, rows: int) -> int:
     return math.floor(exact * rows)
 
 
-class _Lattice:
-    """The codes of every level of every attribute; a class is one int, ``Σ code_j << shift_j``.
-
-    Codes number a level's labels in sorted order. Each attribute has its own
-    bit field, wide enough for its level-0 codes (a coarser level has no more
-    labels), so moving one attribute's code is one addition to the key.
-    """
-
-    def __init__(self, hierarchies: Sequence[Generalizer], raw: Iterable[tuple[str | None, ...]]) -> None:
-        self.top = tuple(len(h.levels) - 1 for h in hierarchies)
-        domains: list[set[str | None]] = [set() for _ in hierarchies]
-        for row in raw:
-            for domain, value in zip(domains, row, strict=True):
-                domain.add(value)
-        self.labels: list[list[list[str]]] = []  # [attribute][level][code] → label
-        self.up: list[list[list[int]]] = []  # [attribute][level][code] → its code at level + 1
-        self.values: list[list[str | None]] = []  # [attribute] → the raw values seen, sorted
-        self.coded: list[list[list[int]]] = []  # [attribute][level] → code of each raw value
-        self.shift: list[int] = []
-        self.mask: list[int] = []
-        shift = 0
-        for h, domain in zip(hierarchies, domains, strict=True):
-            values = sorted(domain, key=lambda v: (v is not None, v or ""))
-            names = [[h.generalize(v, level) for v in values] for level in range(len(h.levels))]
-            if len(h.levels) == 0 or h.levels[-1] != ANY or any(label != ANY for label in names[-1]):
-                raise ValueError(f"hierarchy {h.attribute}: the last level is not '*'")
-            labels = [sorted(set(level)) for level in names]
-            index = [{label: code for code, label in enumerate(level)} for level in labels]
-            coded = [[index[level][label] for label in names[level]] for level in range(len(names))]
-            self.labels.append(labels)
-            self.values.append(values)
-            self.coded.append(coded)
-            self.up.append([self._nested(h, level, coded[level], coded[level + 1], len(labels[level])) for level in range(len(names) - 1)])
-            width = max(1, (len(labels[0]) - 1).bit_length())
-            self.shift.append(shift)
-            self.mask.append((1 << width) - 1)
-            shift += width
-        self._deltas: dict[tuple[int, int, int], list[int]] = {}
-        self._heights: dict[int, list[Node]] = {}
-        self.narrowing = [[len(labels[level + 1]) / len(labels[level]) if labels[level] else 1.0 for level in range(len(labels) - 1)] for labels in self.labels]
-
-    def place(self, attribute: int, code: int) -> int:
-        """What a code of ``attribute`` adds to a class key."""
-        return code << self.shift[attribute]
-
-    @staticmethod
-    def _nested(h: Generalizer, level: int, finer: list[int], coarser: list[int], size: int) -> list[int]:
-        up = [-1] * size
-        for a, b in zip(finer, coarser, strict=True):
-            if up[a] not in (-1, b):
-                raise ValueError(f"hierarchy {h.attribute}: level {h.levels[level + 1]} is not a coarsening of {h.levels[level]}")
-            up[a] = b
-        return up
-
-    def roll_up(self, classes: Classes, attribute: int, source: int, target: int) -> Classes:
-        """The class counts with ``attribute`` raised from level ``source`` to ``target`` (the same table if equal)."""
-        if source == target:
-            return classes
-        delta = self._deltas.get((attribute, source, target))
-        if delta is None:
-            delta = []
-            for code in range(len(self.labels[attribute][source])):
-                moved = code
-                for level in range(source, target):
-                    moved = self.up[attribute][level][moved]
-                delta.append(self.place(attribute, moved) - self.place(attribute, code))
-            self._deltas[attribute, source, target] = delta
-        return _roll_up(classes, self.shift[attribute], self.mask[attribute], delta)
-
-    def nodes_at(self, height: int) -> list[Node]:
-        """Every node of ``height``, in lexicographic order."""
-        nodes = self._heights.get(height)
-        if nodes is None:
-            nodes = self._heights[height] = self._enumerate(height)
-        return nodes
-
-    def _enumerate(self, height: int) -> list[Node]:
-        room = [sum(self.top[j:]) for j in range(len(self.top) + 1)]
-        nodes: list[Node] = []
-
-        def extend(prefix: Node, left: int) -> None:
-            j = len(prefix)
-            if j == len(self.top):
-                nodes.append(prefix)
-                return
-            for level in range(max(0, left - room[j + 1]), min(self.top[j], left) + 1):
-                extend((*prefix, level), left - level)
-
-        if 0 <= height <= room[0]:
-            extend((), height)
-        return nodes
-
-    def predecessors(self, node: Node) -> Iterator[Node]:
-        """The nodes one level below ``node`` in one attribute."""
-        return ((*node[:j], level - 1, *node[j + 1 :]) for j, level in enumerate(node) if level > 0)
-
-    def successors(self, node: Node) -> Iterator[Node]:
-        """The nodes one level above ``node`` in one attribute."""
-        return ((*node[:j], level + 1, *node[j + 1 :]) for j, level in enumerate(node) if level < self.top[j])
-
-    def key(self, node: Node) -> list[dict[str | None, int]]:
-        """Per attribute, raw value → what it adds to a class key at ``node``."""
-        return [{v: self.place(j, c) for v, c in zip(self.values[j], self.coded[j][level], strict=True)} for j, level in enumerate(node)]
-
-    def decode(self, key: int, node: Node) -> tuple[str, ...]:
-        return tuple(self.labels[j][level][(key >> self.shift[j]) & self.mask[j]] for j, level in enumerate(node))
-
-
-def _roll_up(classes: Classes, shift: int, mask: int, delta: list[int]) -> Classes:
-    out: Classes = {}
-    get = out.get
-    for key, count in classes.items():
-        moved = key + delta[(key >> shift) & mask]
-        out[moved] = get(moved, 0) + count
-    return out
-
-
-def _suppressed(classes: Classes, k: int) -> int:
-    return sum(count for count in classes.values() if count < k)
-
-
 @dataclass(frozen=True, slots=True)
 class _Diversity:
-    withheld: dict[int, tuple[int, ...]]  # released class key → withheld sensitive attribute indices (only when some)
+    withheld: dict[Key, tuple[int, ...]]  # released class key → withheld sensitive attribute indices (only when some)
     l_achieved: int | None
 
     @property
@@ -365,15 +247,15 @@ class _Diversity:
         return sum(map(len, self.withheld.values()))
 
 
-def _diversity(histogram: Histogram, lattice: _Lattice, node: Node, classes: Classes, *, k: int, l: int) -> _Diversity:  # noqa: E741
-    merged: dict[int, int] = {}
-    codes = lattice.key(node)
+def _diversity(histogram: Histogram, lattice: Lattice, node: Node, sizes: Mapping[Key, int], *, k: int, l: int) -> _Diversity:  # noqa: E741
+    merged: dict[Key, int] = {}
+    key_of = lattice.keyer(node)
     for raw, mask in histogram._masks.items():
-        key = sum(map(getitem, codes, raw))
-        if classes[key] >= k:
+        key = key_of(raw)
+        if sizes[key] >= k:
             merged[key] = merged.get(key, 0) | mask
     attribute_bits = histogram._attribute_bits()
-    withheld: dict[int, tuple[int, ...]] = {}
+    withheld: dict[Key, tuple[int, ...]] = {}
     fewest: int | None = None
     for key, mask in merged.items():
         distinct = [(mask & bits).bit_count() for bits in attribute_bits]
@@ -406,167 +288,9 @@ def _fixed_node(hierarchies: Sequence[Generalizer], fixed: Mapping[str, str]) ->
     return tuple(node)
 
 
-def _bottom(histogram: Histogram, lattice: _Lattice) -> Classes:
-    bottom: Classes = {}
-    codes = lattice.key((0,) * len(lattice.top))
-    for raw, count in histogram._counts.items():
-        key = sum(map(getitem, codes, raw))
-        bottom[key] = bottom.get(key, 0) + count
-    return bottom
-
-
-Visit = Callable[[Node, Classes], bool]  # called for each node a walk evaluates, with its classes; True stops the walk
-
-
-class _Search:
-    """Find the lowest height holding a node that meets the cap, evaluating as few nodes as it can.
-
-    Nodes are evaluated along a cover tree: the targets (of one height), then
-    parents one level below picked greedily to cover the most nodes of the level
-    above, and so on down to the bottom; a depth-first walk rolls each child up
-    from its parent's classes and keeps one class table per height in memory.
-    Every node on the way has its suppression count recorded.
-
-    Raising a level never adds suppression, so a node with a failing successor
-    fails: ``tagged`` holds the nodes known to fail at heights ≥ ``floor``,
-    which are never evaluated.
-    """
-
-    def __init__(self, lattice: _Lattice, bottom: Classes, k: int, cap_rows: int) -> None:
-        self.lattice = lattice
-        self.bottom = bottom
-        self.k = k
-        self.cap_rows = cap_rows
-        self.root: Node = (0,) * len(lattice.top)
-        self.floor = sum(lattice.top)
-        self.lowest = self.floor  # the lowest height known to hold a passing node (the top always passes here)
-        self.tagged: set[Node] = set()
-        self.suppressed: dict[Node, int] = {}
-        self._record(self.root, _suppressed(bottom, k))
-
-    def passes(self, node: Node) -> bool:
-        return self.suppressed[node] <= self.cap_rows
-
-    def _record(self, node: Node, suppressed: int) -> None:
-        self.suppressed[node] = suppressed
-        if suppressed <= self.cap_rows:
-            self.lowest = min(self.lowest, sum(node))
-            return
-        todo = [node]
-        while todo:
-            n = todo.pop()
-            if n not in self.tagged and sum(n) >= self.floor:
-                self.tagged.add(n)
-                todo.extend(self.lattice.predecessors(n))
-
-    def _lower_floor(self, height: int) -> None:
-        while self.floor > height:
-            self.floor -= 1
-            for n in self.lattice.nodes_at(self.floor):
-                if (n in self.suppressed and not self.passes(n)) or any(s in self.tagged for s in self.lattice.successors(n)):
-                    self.tagged.add(n)
-
-    def untried(self, height: int) -> list[Node]:
-        self._lower_floor(height)
-        return [n for n in self.lattice.nodes_at(height) if n not in self.tagged and n not in self.suppressed]
-
-    def sweep(self, targets: Iterable[Node], visit: Visit | None = None) -> bool:
-        """Evaluate ``targets`` (all of one height); True when ``visit`` stopped the walk."""
-        wanted = set(targets)
-        if not wanted:
-            return False
-        if self.root in wanted:
-            return visit is not None and visit(self.root, self.bottom)
-        return self._walk(self.root, self.bottom, self._cover(wanted), visit)
-
-    def classes(self, node: Node) -> Classes:
-        """The class counts of one node."""
-        if node == self.root:
-            return self.bottom
-        found: list[Classes] = []
-        self._walk(self.root, self.bottom, self._cover({node}), None, found)
-        return found[0]
-
-    def _cover(self, targets: set[Node]) -> dict[Node, list[Node]]:
-        tree: dict[Node, list[Node]] = {}
-        level = targets
-        while level != {self.root}:
-            candidates: dict[Node, set[Node]] = {}
-            for node in level:
-                for parent in self.lattice.predecessors(node):
-                    candidates.setdefault(parent, set()).add(node)
-            heap = [(-self._worth(parent, covered), parent) for parent, covered in candidates.items()]
-            heapq.heapify(heap)
-            uncovered = set(level)
-            chosen: set[Node] = set()
-            while uncovered:
-                worth, parent = heapq.heappop(heap)
-                covered = candidates[parent] & uncovered
-                if not covered:
-                    continue
-                if self._worth(parent, covered) < -worth:
-                    heapq.heappush(heap, (-self._worth(parent, covered), parent))
-                    continue
-                tree[parent] = sorted(covered, reverse=True)
-                uncovered -= covered
-                chosen.add(parent)
-            level = chosen
-        return tree
-
-    def _worth(self, parent: Node, children: set[Node]) -> float:
-        """How much a parent saves: per child, 1 / the branching of the level it rolls up (a cheap roll-up is worth more)."""
-        worth = 0.0
-        for child in children:
-            j = next(j for j, (a, b) in enumerate(zip(parent, child, strict=True)) if a != b)
-            worth += self.lattice.narrowing[j][parent[j]]
-        return worth
-
-    def _walk(self, node: Node, classes: Classes, tree: dict[Node, list[Node]], visit: Visit | None, leaf: list[Classes] | None = None) -> bool:
-        for child in tree[node]:
-            j = next(j for j, (a, b) in enumerate(zip(node, child, strict=True)) if a != b)
-            rolled = self.lattice.roll_up(classes, j, node[j], child[j])
-            self._record(child, _suppressed(rolled, self.k))
-            if visit is not None and visit(child, rolled):
-                return True
-            if child in tree:
-                if self._walk(child, rolled, tree, visit, leaf):
-                    return True
-            elif leaf is not None:
-                leaf.append(rolled)
-        return False
-
-    def run(self) -> list[Node]:
-        """The nodes of the lowest height meeting the cap (the top node is known to meet it).
-
-        Descends while the height below holds a passing node, jumping to the
-        lowest passing node any walk met on the way, then evaluates every node of
-        the final height not known to fail.
-        """
-        height = self.lowest
-        while height > 0:
-            if not self._holds_passing(height - 1):
-                break
-            height = self.lowest
-        self.sweep(self.untried(height))
-        return [n for n in self.lattice.nodes_at(height) if n in self.suppressed and self.passes(n)]
-
-    def _holds_passing(self, height: int) -> bool:
-        """Whether ``height`` (one below the lowest known to hold a passing node) holds one too.
-
-        A passing node's successors all pass, so the likeliest candidates are the
-        predecessors of passing nodes; failing those, the height above is swept in
-        full (it is then likely the answer, and its failures tag most of this one).
-        """
-        promising = [n for n in self.untried(height) if any(s in self.suppressed and self.passes(s) for s in self.lattice.successors(n))]
-        if self._until_pass(promising):
-            return True
-        self.sweep(self.untried(height + 1), lambda *_: self.lowest <= height)  # a node passing on the way ends the need
-        return self.lowest <= height or self._until_pass(self.untried(height))
-
-    def _until_pass(self, targets: list[Node]) -> bool:
-        """Sweep ``targets`` until a node passes; whether one (or a lower node met on the way) did."""
-        self.sweep(targets, lambda node, _: self.passes(node))
-        return bool(targets) and self.lowest <= sum(targets[0])
+def _bottom(histogram: Histogram, lattice: Lattice) -> Classes:
+    key_of = lattice.keyer((0,) * len(lattice.top))
+    return Classes.build(lattice.words, [key_of(raw) for raw in histogram._counts], list(histogram._counts.values()))
 
 
 def choose(
@@ -589,8 +313,8 @@ def choose(
     _check(histogram, hierarchies, k, l)
     rows = histogram.rows
     cap_rows = suppression_limit(cap, rows)
-    lattice = _Lattice(hierarchies, histogram._counts)
-    search = _Search(lattice, _bottom(histogram, lattice), k, cap_rows)
+    lattice = Lattice(hierarchies, histogram.domains())
+    search = Search(lattice, _bottom(histogram, lattice), k, cap_rows)
     if fixed is not None:
         node = _fixed_node(hierarchies, fixed)
         classes = search.classes(node)
@@ -609,7 +333,7 @@ def choose(
 
         def count_withheld(node: Node, classes: Classes) -> bool:
             if node in tied:
-                pairs[node] = _diversity(histogram, lattice, node, classes, k=k, l=l).pairs
+                pairs[node] = _diversity(histogram, lattice, node, classes.sizes(), k=k, l=l).pairs
             return False
 
         search.sweep(tied, count_withheld)
@@ -621,7 +345,7 @@ def choose(
 def _plan(
     histogram: Histogram,
     hierarchies: Sequence[Generalizer],
-    lattice: _Lattice,
+    lattice: Lattice,
     node: Node,
     classes: Classes,
     *,
@@ -629,9 +353,10 @@ def _plan(
     l: int,  # noqa: E741 — the l of l-diversity
     cap_rows: int,
 ) -> Plan:
-    diversity = _diversity(histogram, lattice, node, classes, k=k, l=l)
-    released = {lattice.decode(key, node): diversity.withheld.get(key, ()) for key, count in classes.items() if count >= k}
-    sizes = [count for count in classes.values() if count >= k]
+    by_key = classes.sizes()
+    diversity = _diversity(histogram, lattice, node, by_key, k=k, l=l)
+    released = {lattice.decode(key, node): diversity.withheld.get(key, ()) for key, count in by_key.items() if count >= k}
+    sizes = [count for count in by_key.values() if count >= k]
     by_attribute = [0] * len(histogram.sensitive_attributes)
     for low in diversity.withheld.values():
         for i in low:

@@ -30,7 +30,7 @@ class Pseudonymizer:
         self._key = derive_key(root, pseudonym_label(consumer_id, epoch))
 
     def __call__(self, member_id: str) -> str:
-        return hmac.new(self._key, member_id.encode("ascii"), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+        return hmac.digest(self._key, member_id.encode("ascii"), hashlib.sha256).hex()[:PSEUDONYM_HEX]
 
 
 __all__ = ["PSEUDONYM_HEX", "ROOT_KEY", "Pseudonymizer", "pseudonym_label"]

@@ -1,8 +1,8 @@
 """The members an extract may hold, with the facts their profiles are built from — read in bulk, batch by batch.
 
-``ProfileSource.batches`` walks the members in id order, ``batch`` at a time,
-through one read connection, and yields only those eligible for the
-consumer's purpose right now:
+``ProfileSource.batches`` walks the members in id order (all of them, or the
+ids in ``(after, until]``), ``batch`` at a time, through one read connection,
+and yields only those eligible for the consumer's purpose right now:
 
 * not erased (tombstone) and with a live data key (a restored backup has no
   tombstone, but the shredded key is gone);
@@ -17,27 +17,37 @@ current balance (one decryption) and the 12 months' spend (one decryption
 per ``spend`` entry). ``health`` says whether the member has live
 ``health_data`` consent (asked only when the consumer may receive
 health-derived attributes). Per batch: a handful of queries and one key-store
-read, never one per member.
+read, never one per member. A batch's members are named to the database as
+one bound value (a JSON array read by SQLite's ``json_each``, an array for
+PostgreSQL's ``= ANY``), so a statement compiles once per run, not once per
+batch, and ciphertext columns are read as the driver's bytes.
+
+``ProfileSource.spec`` and ``ProfileSource.reopen`` carry a source into another
+process: the spec holds settings only (the consent grace period and the batch
+size), never a key; the other process reopens the source over its own key
+store and member repository.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, case, func, select
+from sqlalchemy import ARRAY, ColumnElement, Connection, Dialect, LargeBinary, Row, String, and_, bindparam, case, func, literal_column, select, type_coerce
 
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
 from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
 from vault import data_map as dm
 from vault.codec import open_sealed
-from vault.consent import ConsentService
+from vault.consent import ConsentService, NoticeBook
 from vault.data_requests.model import RequestType, Status
 from vault.extracts.profile import MemberFacts
+from vault.members import MemberRepository
 from vault.purposes import Purpose
 from vault.storage.schema import data_requests, ledger_entries, members, treatments
 
@@ -53,75 +63,133 @@ class SourceRow:
     health: bool  # live health_data consent
 
 
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """What another process needs to reopen a ``ProfileSource``: settings, never a key."""
+
+    grace: timedelta
+    batch: int
+
+
 class ProfileSource:
     def __init__(self, keys: MemberKeys, consent: ConsentService, *, batch: int = 1000) -> None:
         self._keys = keys
         self._consent = consent
         self._batch = batch
 
-    def batches(self, conn: Connection, purpose: Purpose, *, fields: Collection[str], want_health: bool, now: datetime) -> Iterator[list[SourceRow]]:
-        """The eligible members in id order, a batch at a time (a batch may be empty when none of its members is eligible)."""
+    def spec(self) -> SourceSpec:
+        return SourceSpec(self._consent.grace, self._batch)
+
+    @classmethod
+    def reopen(cls, spec: SourceSpec, keys: MemberKeys, members: MemberRepository) -> ProfileSource:
+        """The source ``spec`` describes, over another process's key store and member repository."""
+        return cls(keys, ConsentService(members, NoticeBook(), grace=spec.grace), batch=spec.batch)
+
+    def batches(
+        self,
+        conn: Connection,
+        purpose: Purpose,
+        *,
+        fields: Collection[str],
+        want_health: bool,
+        now: datetime,
+        after: str = "",
+        until: str | None = None,
+    ) -> Iterator[list[SourceRow]]:
+        """The eligible members in id order, a batch at a time (a batch may be empty when none of its members is eligible).
+
+        Only ids above ``after`` and, if given, up to ``until`` (inclusive) are read.
+        """
         wanted = [_MEMBER[name] for name in sorted(set(fields))]
-        columns = [members.c.member_id, members.c.key_version, *(members.c[f.name] for f in wanted)]
-        after = ""
+        m = members.c
+        page = select(m.member_id).where(m.member_id > bindparam("after"), m.erased_at.is_(None))
+        if until is not None:
+            page = page.where(m.member_id <= until)
+        page = page.order_by(m.member_id).limit(self._batch)
+        columns = [m.member_id, m.key_version, *(type_coerce(m[f.name], _SEALED) if f.encrypted else m[f.name] for f in wanted)]
         while True:
-            rows = conn.execute(
-                select(*columns).where(members.c.member_id > after, members.c.erased_at.is_(None)).order_by(members.c.member_id).limit(self._batch)
-            ).all()
-            if not rows:
+            ids = [str(i) for i in conn.scalars(page, {"after": after})]
+            if not ids:
                 return
-            after = str(rows[-1].member_id)
-            yield self._batch_rows(conn, rows, wanted, purpose, want_health=want_health, now=now)
+            after = ids[-1]
+            eligible = self._consent.live_among(conn, ids, purpose, now) - _restricted(conn, ids)
+            if not eligible:
+                yield []
+                continue
+            chosen = sorted(eligible)
+            rows = conn.execute(select(*columns).where(_among(conn.dialect, m.member_id, chosen)).order_by(m.member_id)).all()
+            yield self._batch_rows(conn, rows, wanted, chosen, want_health=want_health, now=now)
 
     def _batch_rows(
-        self, conn: Connection, rows: Sequence[Row[Any]], wanted: list[dm.Field], purpose: Purpose, *, want_health: bool, now: datetime
+        self, conn: Connection, rows: Sequence[Row[Any]], wanted: list[dm.Field], chosen: list[str], *, want_health: bool, now: datetime
     ) -> list[SourceRow]:
-        ids = [str(r._mapping["member_id"]) for r in rows]
-        eligible = self._consent.live_among(conn, ids, purpose, now) - _restricted(conn, ids)
-        if not eligible:
-            return []
-        health = self._consent.live_among(conn, sorted(eligible), Purpose.health_data, now) if want_health else set()
-        keys = self._keys.load_many(sorted(eligible), DATA_SCOPE)
+        health = self._consent.live_among(conn, chosen, Purpose.health_data, now) if want_health else set()
+        keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
-        visits = _visits(conn, eligible, since)
-        ledger = _ledger(conn, eligible, since)
+        visits = _visits(conn, chosen, since)
+        ledger = _ledger(conn, chosen, since)
         out = []
+        nothing: tuple[int, date | None, dict[str, int]] = (0, None, {})
+        no_money = _Money()
         for r in rows:
-            m = r._mapping
-            member_id = str(m["member_id"])
+            member_id, key_version, *sealed = tuple(r)
             keyset = keys.get(member_id)
-            if member_id not in eligible or keyset is None:
+            if keyset is None:
                 continue
             try:
-                cipher = keyset.get(DATA_SCOPE, int(m["key_version"]))
+                cipher = keyset.get(DATA_SCOPE, int(key_version))
             except KeyNotFoundError:
                 continue  # shredded meanwhile
-            values = {f.name: open_sealed(cipher, f, member_id, m[f.name]) if f.encrypted else m[f.name] for f in wanted}
-            count, last, categories = visits.get(member_id, (0, None, {}))
-            balance, spend = _money(keyset, ledger.get(member_id, _Money()))
+            values = {f.name: open_sealed(cipher, f, member_id, v) if f.encrypted else v for f, v in zip(wanted, sealed, strict=True)}
+            count, last, categories = visits.get(member_id, nothing)
+            balance, spend = _money(keyset, ledger.get(member_id, no_money))
             facts = MemberFacts(values=values, spend_12m=spend, balance=balance, visits_12m=count, last_visit=last, categories_12m=categories)
             out.append(SourceRow(member_id, facts, member_id in health))
         return out
 
 
+class _Sealed(LargeBinary):
+    """A ciphertext column read as the driver's ``bytes`` (SQLite and psycopg both give ``bytes``): no per-value conversion."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None
+
+
+_SEALED = _Sealed()
+
+
+def _among(dialect: Dialect, column: ColumnElement[str], ids: Sequence[str]) -> ColumnElement[bool]:
+    """``column`` is one of ``ids``, with the ids as one bound value (the statement compiles once, whatever their number)."""
+    if dialect.name == "postgresql":
+        return column == func.any(bindparam("ids", list(ids), type_=ARRAY(String)))
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam("ids", json.dumps(list(ids)), type_=String))).scalar_subquery())
+
+
 def _restricted(conn: Connection, ids: list[str]) -> set[str]:
     d = data_requests.c
-    stmt = select(d.member_id).where(d.member_id.in_(ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
+    stmt = select(d.member_id).where(_among(conn.dialect, d.member_id, ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
     return {str(m) for m in conn.scalars(stmt)}
 
 
-def _visits(conn: Connection, ids: Collection[str], since: datetime) -> dict[str, tuple[int, date | None, dict[str, int]]]:
+def _visits(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, tuple[int, date | None, dict[str, int]]]:
+    """Per member: treatments since ``since``, the last treatment's day, and the recent treatments by category (one query)."""
     t = treatments.c
-    recent = t.performed_at >= since
-    totals = conn.execute(
-        select(t.member_id, func.sum(case((recent, 1), else_=0)), func.max(t.performed_at)).where(t.member_id.in_(list(ids))).group_by(t.member_id)
-    ).all()
-    by_category: dict[str, dict[str, int]] = defaultdict(dict)
-    for member_id, category, count in conn.execute(
-        select(t.member_id, t.category, func.count()).where(t.member_id.in_(list(ids)), recent).group_by(t.member_id, t.category)
-    ).all():
-        by_category[str(member_id)][str(category)] = int(count)
-    return {str(m): (int(n or 0), None if last is None else _day(last), by_category.get(str(m), {})) for m, n, last in totals}
+    recent = func.sum(case((t.performed_at >= since, 1), else_=0))
+    found: dict[str, tuple[int, date | None, dict[str, int]]] = {}
+    for member_id, category, count, last in conn.execute(
+        select(t.member_id, t.category, recent, func.max(t.performed_at)).where(_among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
+    ):
+        total, latest, by_category = found.get(member_id, (0, None, {}))
+        day = None if last is None else _day(last)
+        if count:
+            by_category[str(category)] = int(count)
+        found[member_id] = (total + int(count or 0), day if latest is None or (day is not None and day > latest) else latest, by_category)
+    return found
 
 
 def _day(moment: datetime) -> date:
@@ -134,19 +202,22 @@ class _Money:
     spends: list[tuple[str, int, bytes]] = field(default_factory=list)  # entry id, key version, sealed amount
 
 
-def _ledger(conn: Connection, ids: Collection[str], since: datetime) -> dict[str, _Money]:
+def _ledger(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, _Money]:
     e = ledger_entries.c
-    wanted = list(ids)
     found: dict[str, _Money] = defaultdict(_Money)
-    latest = select(e.member_id, func.max(e.seq).label("seq")).where(e.member_id.in_(wanted)).group_by(e.member_id).subquery()
+    latest = select(e.member_id, func.max(e.seq).label("seq")).where(_among(conn.dialect, e.member_id, ids)).group_by(e.member_id).subquery()
     for member_id, entry_id, version, sealed in conn.execute(
-        select(e.member_id, e.entry_id, e.key_version, e.balance_after).join(latest, and_(e.member_id == latest.c.member_id, e.seq == latest.c.seq))
-    ).all():
-        found[str(member_id)].last = (str(entry_id), int(version), bytes(sealed))
+        select(e.member_id, e.entry_id, e.key_version, type_coerce(e.balance_after, _SEALED)).join(
+            latest, and_(e.member_id == latest.c.member_id, e.seq == latest.c.seq)
+        )
+    ):
+        found[member_id].last = (entry_id, version, sealed)
     for member_id, entry_id, version, sealed in conn.execute(
-        select(e.member_id, e.entry_id, e.key_version, e.amount).where(e.member_id.in_(wanted), e.entry_type == "spend", e.occurred_at >= since)
-    ).all():
-        found[str(member_id)].spends.append((str(entry_id), int(version), bytes(sealed)))
+        select(e.member_id, e.entry_id, e.key_version, type_coerce(e.amount, _SEALED)).where(
+            _among(conn.dialect, e.member_id, ids), e.entry_type == "spend", e.occurred_at >= since
+        )
+    ):
+        found[member_id].spends.append((entry_id, version, sealed))
     return found
 
 
@@ -161,4 +232,4 @@ def _money(keyset: MemberKeySet, money: _Money) -> tuple[int, int]:
     return balance, sum(amount("amount", s) for s in money.spends)
 
 
-__all__ = ["ProfileSource", "SourceRow"]
+__all__ = ["ProfileSource", "SourceRow", "SourceSpec"]
