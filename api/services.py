@@ -14,6 +14,7 @@ sweeps extract jobs (interrupted ones failed, kept data past its time purged).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,7 +116,8 @@ def build(settings: Settings) -> Services:
         consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days), feed=feed)
         exports = spool_directory(settings.data_dir / "exports")
         consumers = ConsumerRegistry()
-        extracts = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, consent), consumers, spool_dir=exports)
+        source = ProfileSource(runtime.keys, consent)
+        extracts = ExtractRunner(runtime.data_engine, runtime.keys, source, consumers, spool_dir=exports, opener=functools.partial(open_runtime, settings))
         services = Services(
             settings=settings,
             runtime=runtime,

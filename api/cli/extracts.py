@@ -13,6 +13,7 @@ consumer's extracts up to that one (same pseudonym epoch).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -24,6 +25,7 @@ import typer
 
 from api.authz import PolicyStore
 from api.cli._common import fail, operator, progress, runtime
+from api.runtime import open_runtime
 from keys.signing import SigningPurpose
 from policies import DEFAULT_DIRECTORY
 from vault.consent import ConsentService, NoticeBook
@@ -62,7 +64,10 @@ def extract_run(
         if fmt not in chosen.formats:
             fail(f"consumer {consumer} does not take {fmt.value}")
         consent = ConsentService(rt.members, NoticeBook(), grace=timedelta(days=rt.settings.consent_grace_days))
-        runner = ExtractRunner(rt.data_engine, rt.keys, ProfileSource(rt.keys, consent), registry, spool_dir=spool_directory(rt.settings.data_dir / "exports"))
+        source = ProfileSource(rt.keys, consent)
+        # Past one range of members the first pass spreads over worker processes, each opening the vault as this one does.
+        opener = functools.partial(open_runtime, rt.settings)
+        runner = ExtractRunner(rt.data_engine, rt.keys, source, registry, spool_dir=spool_directory(rt.settings.data_dir / "exports"), opener=opener)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as sink, progress(terminal_only=True) as bar:

@@ -1,11 +1,15 @@
 """One extract, end to end: eligible members → profiles → k-anonymous plan → streamed file → signed manifest → one audit event.
 
-``ExtractRunner.run`` works in two passes over one read snapshot, with memory
-bounded by a batch and by the number of distinct quasi-identifier tuples:
+``ExtractRunner.run`` works in two passes, with memory bounded by a batch and
+by the number of distinct quasi-identifier tuples:
 
 1. every eligible member (``ProfileSource``) gets a profile and the consumer's
    pseudonym for the current epoch; its level-0 quasi-identifiers go into the
-   ``Histogram`` and the whole row into an encrypted ``Spool``;
+   ``Histogram`` and the whole row into an encrypted ``Spool``. One read
+   snapshot in one process, or, with an ``opener`` and more members than one
+   range, one snapshot per member-id range spread over worker processes
+   (``vault.extracts.profiling``); eligibility is decided at the run's ``now``
+   either way;
 2. ``choose`` plans the generalization (k = max(consumer's k, requested k),
    distinct l-diversity for health-derived attributes, the consumer's
    suppression cap; the epoch's fixed generalization once its first extract
@@ -20,6 +24,10 @@ journaled (action ``extract``, resource the extract, the released attributes
 in ``fields``, the row count and the SHA-256 of the sorted included member ids
 in ``details``). A refusal is journaled the same way, outcome ``refused``.
 
+An incremental extract (``since``) plans over every eligible member as a full
+one does, and releases only rows whose keyed digest differs from what the
+consumer holds from the extracts of the epoch up to its base.
+
 ``rfm``'s M digit is the 12-month spend: when ``spend_band`` is not released
 at its finest level, the digit is masked (``M*``) so ``rfm`` cannot undo the
 generalization.
@@ -31,9 +39,7 @@ import hashlib
 import hmac
 import itertools
 import json
-import multiprocessing
 import os
-import queue
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 import jwt
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from audit.event import Actor, AuditEvent, Decision, event_time
@@ -56,14 +62,13 @@ from vault.extracts import hierarchies as hi
 from vault.extracts import profile as pf
 from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
 from vault.extracts.consumers import Consumer, ConsumerRegistry
-from vault.extracts.pseudonyms import ROOT_KEY, Pseudonymizer
+from vault.extracts.profiling import Counted, ExtractWorkerError, Profiler, Profiling, WorkerTarget, hashable, id_ranges, in_workers
+from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.records import heartbeat
-from vault.extracts.source import ProfileSource, SourceRow, SourceSpec
+from vault.extracts.source import ProfileSource
 from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
-from vault.members import MemberRepository
-from vault.purposes import Purpose
 from vault.storage.engine import read_snapshot, write_transaction
-from vault.storage.schema import extract_members, extracts, members
+from vault.storage.schema import extract_members, extracts
 from vault.times import rfc3339_seconds
 
 MANIFEST_TYPE = "extract-manifest+jwt"
@@ -324,7 +329,7 @@ class ExtractRunner:
         the spool is the one a single process writes.
         """
         qi_names, sensitive_names = names
-        job = _Profiling(
+        job = Profiling(
             consumer_id=consumer.consumer_id,
             purpose=consumer.purpose,
             attributes=tuple(consumer.attributes),
@@ -336,27 +341,27 @@ class ExtractRunner:
             now=now,
         )
 
-        def emit(lines: bytes, counted: Sequence[_Counted]) -> None:
+        def emit(lines: bytes, counted: Sequence[Counted]) -> None:
             for qi, sensitive in counted:
                 histogram.add(qi, sensitive)
             rows.write(lines)
             if progress is not None:
                 progress(histogram.rows)
 
-        profiler = _Profiler(job, self._keys.root_key(ROOT_KEY))
+        profiler = Profiler(job, self._keys.root_key(ROOT_KEY))
 
-        def here(after: str, until: str | None) -> tuple[bytes, list[_Counted]]:
+        def here(after: str, until: str | None) -> tuple[bytes, list[Counted]]:
             with read_snapshot(self._engine) as conn:
                 return profiler.profile_range(self._source, conn, after, until)
 
-        ranges = _id_ranges(self._engine, self._worker_range)
+        ranges = id_ranges(self._engine, self._worker_range)
         first = next(ranges)
         if self._opener is None or self._workers < 2 or first[1] is None:
             with read_snapshot(self._engine) as conn:
                 for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=now):
                     emit(*profiler.profile(batch))
             return
-        _in_workers(self._opener, self._workers, spec=self._source.spec(), job=job, ranges=itertools.chain([first], ranges), here=here, emit=emit)
+        in_workers(self._opener, self._workers, spec=self._source.spec(), job=job, ranges=itertools.chain([first], ranges), here=here, emit=emit)
 
     def _second_pass(self, plan: Plan, rows: Spool, consumer: Consumer, qi_names: Sequence[str]) -> Iterator[tuple[str, OutRow]]:
         plain_names = [c.name for c in _plain_columns(consumer)]
@@ -364,13 +369,13 @@ class ExtractRunner:
         for chunk in rows.read():
             for line in chunk.decode("utf-8").splitlines():
                 member_id, pseudonym, qi, sensitive, plain = json.loads(line)
-                released = plan.release(tuple(qi), None if sensitive is None else tuple(_hashable(v) for v in sensitive))
+                released = plan.release(tuple(qi), None if sensitive is None else tuple(hashable(v) for v in sensitive))
                 if released is None:
                     continue
                 if mask_rfm and plain.get("rfm"):
                     plain["rfm"] = plain["rfm"][:-1] + "*"
-                values = [_hashable(plain.get(n)) for n in plain_names]
-                hidden = tuple(_hashable(v) for v in released.sensitive or ())
+                values = [hashable(plain.get(n)) for n in plain_names]
+                hidden = tuple(hashable(v) for v in released.sensitive or ())
                 yield member_id, (pseudonym, *released.qi, *hidden, *values)
 
     def _refuse(self, request: ExtractRequest, rows: int, audit: ExtractAudit, now: datetime) -> ExtractOutcome:
@@ -428,221 +433,9 @@ def _held_before(conn: Connection, request: ExtractRequest, epoch: int, member_i
     return {str(member_id): str(mac) for member_id, mac in rows}
 
 
-class WorkerTarget(Protocol):
-    """What an extract worker process opens with the runner's ``opener``: the data engine, the key store, the member repository."""
-
-    @property
-    def data_engine(self) -> Engine: ...
-
-    @property
-    def keys(self) -> MemberKeys: ...
-
-    @property
-    def members(self) -> MemberRepository: ...
-
-    def close(self) -> None: ...
-
-
-_SPOOL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per line (``json.dumps`` with options)
-_Counted = tuple[
-    tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None
-]  # a row's histogram entry: level-0 quasi-identifiers, sensitive values
-
-
-@dataclass(frozen=True, slots=True)
-class _Profiling:
-    """What the first pass computes for each member: names and indices only, never a key or a value (it is sent to worker processes)."""
-
-    consumer_id: str
-    purpose: Purpose
-    attributes: tuple[str, ...]
-    health: bool  # the consumer may receive health-derived attributes
-    epoch: int
-    fields: tuple[str, ...]  # the member fields the attributes read
-    qi_index: tuple[int, ...]  # released quasi-identifiers, as indices into a profile's ``qi``
-    sensitive_index: tuple[int, ...]  # released sensitive attributes, as indices into a profile's ``sensitive``
-    now: datetime
-
-    @property
-    def want_health(self) -> bool:
-        return self.health and bool(self.sensitive_index)
-
-
-class _Profiler:
-    """One batch of source rows → their spool lines (``[member id, pseudonym, qi, sensitive, plain]`` JSON) and histogram entries."""
-
-    def __init__(self, job: _Profiling, pseudonym_root: bytes) -> None:
-        self._job = job
-        self._builders = {health: pf.ProfileBuilder(job.attributes, health=health) for health in (False, True)}
-        self._pseudonym = Pseudonymizer(pseudonym_root, job.consumer_id, job.epoch)
-        self._as_of = job.now.date()
-
-    def profile_range(self, source: ProfileSource, conn: Connection, after: str, until: str | None) -> tuple[bytes, list[_Counted]]:
-        """The spool lines and histogram entries of the eligible members with ids in ``(after, until]``."""
-        job = self._job
-        parts: list[bytes] = []
-        counted: list[_Counted] = []
-        for batch in source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now, after=after, until=until):
-            lines, entries = self.profile(batch)
-            parts.append(lines)
-            counted.extend(entries)
-        return b"".join(parts), counted
-
-    def profile(self, batch: Sequence[SourceRow]) -> tuple[bytes, list[_Counted]]:
-        job, builders, pseudonym, as_of = self._job, self._builders, self._pseudonym, self._as_of
-        lines = []
-        counted: list[_Counted] = []
-        for row in batch:
-            profile = builders[job.health and row.health].build(row.facts, as_of)
-            qi = tuple(profile.qi[i] for i in job.qi_index)
-            sensitive = tuple(_hashable(profile.sensitive[i]) for i in job.sensitive_index) if job.sensitive_index else None
-            counted.append((qi, sensitive))
-            lines.append(_SPOOL_JSON([row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain]))
-        return ("".join(line + "\n" for line in lines)).encode("utf-8"), counted
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    seq: int
-    lines: bytes
-    counted: list[_Counted]
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: str  # the exception's class name only: a message might quote a value
-
-
-class ExtractWorkerError(RuntimeError):
-    """A first-pass worker process failed or exited; names the error class only."""
-
-
-def _id_ranges(engine: Engine, size: int) -> Iterator[tuple[str, str | None]]:
-    """Member id ranges ``(after, until]`` of ``size`` members each, in order; the last is open (``until`` None)."""
-    m = members.c
-    boundary = select(m.member_id).where(m.member_id > bindparam("after")).order_by(m.member_id).offset(size - 1).limit(1)
-    after = ""
-    while True:
-        with engine.connect() as conn:
-            until = conn.scalar(boundary, {"after": after})
-        yield after, None if until is None else str(until)
-        if until is None:
-            return
-        after = str(until)
-
-
-def _in_workers(
-    opener: Callable[[], WorkerTarget],
-    workers: int,
-    *,
-    spec: SourceSpec,
-    job: _Profiling,
-    ranges: Iterator[tuple[str, str | None]],
-    here: Callable[[str, str | None], tuple[bytes, list[_Counted]]],
-    emit: Callable[[bytes, Sequence[_Counted]], None],
-) -> None:
-    """Profile ``ranges`` in this process (``here``) and ``workers - 1`` spawned ones; ``emit`` each range's result in range order.
-
-    Each worker process has up to two ranges out; this process profiles the
-    next range itself whenever no result is waiting, so ``workers`` processes
-    are busy in all. At most ``4 × workers`` ranges are between being handed
-    out and being emitted, which bounds the results held back for an earlier
-    range. A worker that fails sends its error's class name; one that dies is
-    noticed within a second; either stops the pass.
-    """
-    context = multiprocessing.get_context("spawn")
-    tasks = context.Queue()
-    results = context.Queue()
-    processes = [context.Process(target=_serve, args=(opener, spec, job, tasks, results), name=f"extract-worker-{i}", daemon=True) for i in range(workers - 1)]
-    for process in processes:
-        process.start()
-    try:
-        sent = emitted = out = 0  # ranges handed out, emitted, at the worker processes
-        waiting: dict[int, tuple[bytes, list[_Counted]]] = {}
-        task = next(ranges, None)
-        while task is not None or out:
-            while task is not None and out < 2 * len(processes) and sent - emitted < 4 * workers:
-                tasks.put((sent, *task))
-                sent, out, task = sent + 1, out + 1, next(ranges, None)
-            message = _take(results, processes, wait=task is None or sent - emitted >= 4 * workers)
-            if message is not None:
-                waiting[message.seq] = (message.lines, message.counted)
-                out -= 1
-            elif task is not None:
-                waiting[sent] = here(*task)
-                sent, task = sent + 1, next(ranges, None)
-            while emitted in waiting:
-                emit(*waiting.pop(emitted))
-                emitted += 1
-        for _ in processes:
-            tasks.put(None)
-        for process in processes:
-            process.join()
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join()
-        tasks.cancel_join_thread()  # ranges a stopped worker never took are dropped, not waited on
-        tasks.close()
-        results.close()
-
-
-def _take(results: multiprocessing.Queue[_Done | _Failed], processes: Sequence[multiprocessing.process.BaseProcess], *, wait: bool) -> _Done | None:
-    """A worker's result: the next one waiting, else ``None`` (or, with ``wait``, the next to come)."""
-    while True:
-        try:
-            message = results.get(timeout=1.0) if wait else results.get_nowait()
-            break
-        except queue.Empty:
-            if any(not p.is_alive() for p in processes):
-                try:
-                    message = results.get(timeout=1.0)  # a worker that failed reports before it exits
-                except queue.Empty:
-                    raise ExtractWorkerError("an extract worker process exited") from None
-                break
-            if not wait:
-                return None
-    if isinstance(message, _Failed):
-        raise ExtractWorkerError(f"an extract worker failed: {message.error}")
-    return message
-
-
-def _serve(
-    opener: Callable[[], WorkerTarget],
-    spec: SourceSpec,
-    job: _Profiling,
-    tasks: multiprocessing.Queue[tuple[int, str, str | None] | None],
-    results: multiprocessing.Queue[_Done | _Failed],
-) -> None:
-    """A worker process: profile each range it is given, in its own read snapshot, until told to stop (``None``)."""
-    try:
-        target = opener()
-    except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the pass
-        results.put(_Failed(type(exc).__name__))
-        return
-    try:
-        source = ProfileSource.reopen(spec, target.keys, target.members)
-        profiler = _Profiler(job, target.keys.root_key(ROOT_KEY))
-        while (task := tasks.get()) is not None:
-            seq, after, until = task
-            with read_snapshot(target.data_engine) as conn:
-                results.put(_Done(seq, *profiler.profile_range(source, conn, after, until)))
-    except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the pass
-        results.put(_Failed(type(exc).__name__))
-    finally:
-        target.close()
-
-
 def _plain_columns(consumer: Consumer) -> list[Column]:
     lists = {"interest_tags", "preferred_categories", "top_categories"}
     return [Column(a.name, is_list=a.name in lists) for a in pf.ATTRIBUTES if a.name in consumer.attributes and a.role is pf.Role.attribute]
-
-
-def _hashable(value: object) -> str | tuple[str, ...] | None:
-    if isinstance(value, list | tuple):
-        return tuple(str(v) for v in value)
-    return None if value is None else str(value)
 
 
 def _chunks(items: Iterator[tuple[str, OutRow]], size: int) -> Iterator[list[tuple[str, OutRow]]]:
