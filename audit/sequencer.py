@@ -38,14 +38,18 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, exists, func, insert, or_, select, text
+from sqlalchemy import Connection, Engine, exists, func, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit._driver import BulkInsert
 from audit.merkle import CompactRange, Node, leaf_hash
 from audit.store import audit_journal, audit_leaves, audit_nodes, read_nodes, tree_size
 
 SEQUENCER_LOCK_KEY = 6339585042398716162
 """The PostgreSQL advisory lock key: the first 8 bytes of SHA-256("member-vault audit sequencer"), signed."""
+
+_INSERT_LEAVES = BulkInsert(audit_leaves, ("leaf_index", "journal_id", "leaf_hash", "sequenced_at"))
+_INSERT_NODES = BulkInsert(audit_nodes, ("level", "node_index", "hash"))
 
 # Execution option honoured by vault.storage.engine's SQLite engines: begin with BEGIN IMMEDIATE.
 _SQLITE_IMMEDIATE = "sqlite_immediate"
@@ -112,14 +116,14 @@ class Sequencer:
         if not entries:
             return 0
         compact = read_nodes(conn, lambda get: CompactRange.from_stored(size, get))
-        leaves: list[dict[str, object]] = []
+        leaves: list[tuple[object, ...]] = []
         nodes: list[Node] = []
         for offset, (journal_id, data) in enumerate(entries):
             digest = leaf_hash(bytes(data))
-            leaves.append({"leaf_index": size + offset, "journal_id": journal_id, "leaf_hash": digest, "sequenced_at": sequenced_at})
+            leaves.append((size + offset, journal_id, digest, sequenced_at))
             nodes.extend(compact.append(digest))
-        conn.execute(insert(audit_leaves), leaves)
-        conn.execute(insert(audit_nodes), [{"level": n.level, "node_index": n.index, "hash": n.hash} for n in nodes])
+        _INSERT_LEAVES.run(conn, leaves)
+        _INSERT_NODES.run(conn, [(n.level, n.index, n.hash) for n in nodes])
         return len(entries)
 
 

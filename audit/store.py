@@ -58,6 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from audit import merkle
+from audit._driver import BulkInsert
 from audit._time import parse_utc
 from audit.errors import AuditStoreError, NodeStoreError, ProofRangeError
 from audit.event import AuditEvent
@@ -152,8 +153,14 @@ audit_nodes = Table(
 )
 
 
-_APPEND = insert(audit_journal).returning(audit_journal.c.journal_id)
-_APPEND_POSTGRES = _APPEND.values(xact_id=cast(cast(func.pg_current_xact_id(), Text), BigInteger))
+_INSERT = insert(audit_journal)
+_INSERT_POSTGRES = _INSERT.values(xact_id=cast(cast(func.pg_current_xact_id(), Text), BigInteger))
+_APPEND = _INSERT.returning(audit_journal.c.journal_id)
+_APPEND_POSTGRES = _INSERT_POSTGRES.returning(audit_journal.c.journal_id)
+
+
+_ROW_COLUMNS = ("received_at", "leaf", "event_time", "member_id", "actor_subject", "actor_client_id", "action", "decision")
+_BULK_APPEND = BulkInsert(audit_journal, _ROW_COLUMNS)
 
 
 class AuditJournal:
@@ -167,24 +174,47 @@ class AuditJournal:
         data write included — must roll back; the database's message is only
         chained (it can quote values).
         """
-        received = datetime.now(UTC) if now is None else now
-        if received.tzinfo is None:
-            raise ValueError("now must be an aware datetime")
-        values = {
-            "received_at": received,
-            "leaf": event.leaf_bytes(),
-            "event_time": parse_utc(event.time),
-            "member_id": event.member_id,
-            "actor_subject": event.actor.subject,
-            "actor_client_id": event.actor.client_id,
-            "action": event.action,
-            "decision": event.decision.value,
-        }
         statement = _APPEND_POSTGRES if conn.dialect.name == "postgresql" else _APPEND
         try:
-            return int(conn.execute(statement, values).scalar_one())
+            return int(conn.execute(statement, _row(event, now)).scalar_one())
         except SQLAlchemyError as exc:
             raise AuditStoreError("the audit journal could not be written") from exc
+
+    def append_many(self, conn: Connection, events: Sequence[tuple[AuditEvent, datetime | None]]) -> None:
+        """Insert several ``(event, now)`` in one batched statement (``executemany``), never a commit.
+
+        The entries get journal ids in the order given. Same failure rule as
+        ``append``: ``AuditStoreError``, and the caller's transaction rolls back.
+        """
+        if not events:
+            return
+        try:
+            if conn.dialect.name == "postgresql":
+                conn.execute(_INSERT_POSTGRES, [_row(event, now) for event, now in events])
+            else:
+                _BULK_APPEND.run(conn, [_positional(_row(event, now)) for event, now in events])
+        except SQLAlchemyError as exc:
+            raise AuditStoreError("the audit journal could not be written") from exc
+
+
+def _positional(row: dict[str, object]) -> tuple[object, ...]:
+    return tuple(row[name] for name in _ROW_COLUMNS)
+
+
+def _row(event: AuditEvent, now: datetime | None) -> dict[str, object]:
+    received = datetime.now(UTC) if now is None else now
+    if received.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    return {
+        "received_at": received,
+        "leaf": event.leaf_bytes(),
+        "event_time": parse_utc(event.time),
+        "member_id": event.member_id,
+        "actor_subject": event.actor.subject,
+        "actor_client_id": event.actor.client_id,
+        "action": event.action,
+        "decision": event.decision.value,
+    }
 
 
 # -- the stored tree ------------------------------------------------------------------

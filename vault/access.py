@@ -23,9 +23,12 @@ transaction:
 ``perform_read`` is the same for operations that only read. The caller's
 connection is in autobegin mode with nothing written: the operation reads in
 a deferred transaction (on SQLite, no write lock held), which then ends, and
-the event is committed in a short write transaction on the same connection —
-the fail-closed point — before the result leaves the gate. ``then`` runs in
-that write transaction after an ``ok`` read (a break-glass review row).
+the event is committed durably — the fail-closed point — before the result
+leaves the gate. Concurrent reads of a process share that commit
+(``audit.group_commit.GroupCommit``: one write transaction for the events
+waiting together, each request answering only once its own is durable).
+``then`` runs in that write transaction after an ``ok`` read (a break-glass
+review row), in a savepoint with its event.
 
 Events carry ids, field and category names and codes, never values.
 """
@@ -41,10 +44,11 @@ from typing import TypeVar
 from sqlalchemy import Connection
 
 from audit.event import Actor, AuditEvent, Decision, event_time
+from audit.group_commit import GroupCommit
 from audit.store import AuditJournal
 from vault import data_map as dm
 from vault.errors import ConflictError, MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError, VaultError
-from vault.storage.engine import SQLITE_IMMEDIATE
+from vault.storage.engine import write_on
 
 _T = TypeVar("_T")
 
@@ -107,6 +111,7 @@ class Gatekeeper:
 
     def __init__(self, journal: AuditJournal) -> None:
         self._journal = journal
+        self._group = GroupCommit(journal, write_on)
 
     def perform(self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T]) -> _T | Refusal:
         if not allowed:
@@ -150,33 +155,29 @@ class Gatekeeper:
         self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome, *, then: Callable[[Connection], None] | None
     ) -> None:
         conn.rollback()  # the read snapshot ends (nothing was written in it)
-        conn.execution_options(**{SQLITE_IMMEDIATE: True})
-        try:
-            with conn.begin():
-                self.record(conn, access, target, decision, outcome)
-                if then is not None:
-                    then(conn)
-        finally:
-            conn.execution_options(**{SQLITE_IMMEDIATE: False})
+        self._group.commit(conn, _event(access, target, decision, outcome), now=access.now, then=then)
 
     def record(self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome) -> None:
-        """Journal the one event of a decision (also used by the edge for decisions that reach no record)."""
-        event = AuditEvent(
-            time=event_time(access.now),
-            request_id=access.request_id,
-            actor=access.actor,
-            action=target.action,
-            resource_type=target.resource_type,
-            resource_id=target.resource_id,
-            member_id=target.member_id,
-            fields=target.fields,
-            purpose=access.purpose,
-            decision=decision,
-            reason_code=access.reason,
-            policy_hash=access.policy_hash,
-            outcome=outcome.value,
-        )
-        self._journal.append(conn, event, now=access.now)
+        """Journal the one event of a decision in ``conn``'s transaction (also used by the edge for decisions that reach no record)."""
+        self._journal.append(conn, _event(access, target, decision, outcome), now=access.now)
+
+
+def _event(access: Access, target: Target, decision: Decision, outcome: Outcome) -> AuditEvent:
+    return AuditEvent(
+        time=event_time(access.now),
+        request_id=access.request_id,
+        actor=access.actor,
+        action=target.action,
+        resource_type=target.resource_type,
+        resource_id=target.resource_id,
+        member_id=target.member_id,
+        fields=target.fields,
+        purpose=access.purpose,
+        decision=decision,
+        reason_code=access.reason,
+        policy_hash=access.policy_hash,
+        outcome=outcome.value,
+    )
 
 
 def category_names(categories: Collection[dm.Category]) -> tuple[str, ...]:

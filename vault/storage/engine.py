@@ -128,6 +128,17 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def write_on(conn: Connection) -> Iterator[None]:
+    """``write_transaction`` on a connection the caller already holds, with no transaction open."""
+    conn.execution_options(**{SQLITE_IMMEDIATE: True})
+    try:
+        with conn.begin():
+            yield
+    finally:
+        conn.execution_options(**{SQLITE_IMMEDIATE: False})
+
+
+@contextmanager
 def read_snapshot(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction that sees one state of the database throughout, however many statements it runs.
 
@@ -141,4 +152,4 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-__all__ = ["SQLITE_IMMEDIATE", "make_engine", "read_snapshot", "write_transaction"]
+__all__ = ["SQLITE_IMMEDIATE", "make_engine", "read_snapshot", "write_on", "write_transaction"]

@@ -1,0 +1,158 @@
+"""Group commit of audit events: the events of concurrent requests share one durable transaction.
+
+A read request writes nothing but its event, and must not answer before that
+event is durable (the fail-closed point). Committed one by one, every read
+costs a pass through the database's single write lock and an fsync; under
+load the requests queue on that lock (docs/benchmarks.md). ``GroupCommit``
+lets the requests of one process that are waiting at the same time share a
+commit, leader and followers:
+
+- A request hands over its event — with an optional ``then`` that writes in
+  the same transaction (a break-glass review row) — and, if no group of this
+  ``GroupCommit`` is being committed, becomes the leader at once: with no
+  contention an event commits exactly as it would alone, without a hand-off.
+- The leader takes every event waiting (up to ``max_group``), opens one write
+  transaction on its own connection, inserts the events without a ``then`` in
+  one batched statement and each other event with its ``then`` in a
+  savepoint of its own, commits, and wakes the requests whose events that
+  commit held. A request waiting meanwhile becomes the next leader.
+- ``commit`` returns only after the commit that holds the caller's event
+  succeeded. If the transaction fails, every request of the group gets
+  ``AuditStoreError`` (and must not answer with data); a ``then`` that raises
+  undoes only its own savepoint — its event included — and the exception
+  goes to its own request.
+
+Each request keeps its own connection; only the leader's writes. Events
+enter the journal in the order they were handed over within a process;
+across processes the database's write lock orders the groups (indices are
+given later by the sequencer, in journal order, as for any entry).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from audit.errors import AuditStoreError
+from audit.event import AuditEvent
+from audit.store import AuditJournal
+
+Begin = Callable[[Connection], AbstractContextManager[object]]
+"""Opens the write transaction on a connection (on SQLite one that takes the write lock up front)."""
+
+DEFAULT_MAX_GROUP = 256
+
+
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    conn: Connection
+    event: AuditEvent
+    now: datetime | None
+    then: Callable[[Connection], None] | None
+    done: threading.Lock = field(default_factory=_held_lock)  # released once, when the ticket is settled or leads
+    lead: bool = False  # set by the previous leader: this ticket's thread commits the next group
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Commits the audit events of concurrent callers together; thread-safe; one per process and database."""
+
+    def __init__(self, journal: AuditJournal, begin: Begin, *, max_group: int = DEFAULT_MAX_GROUP) -> None:
+        if max_group < 1:
+            raise ValueError("max_group must be at least 1")
+        self._journal = journal
+        self._begin = begin
+        self._max_group = max_group
+        self._lock = threading.Lock()
+        self._waiting: list[_Ticket] = []
+        self._leading = False
+        self.groups = 0  # transactions committed or attempted (for benchmarks and tests)
+
+    def waiting(self) -> int:
+        """Events handed over and not yet taken into a group."""
+        with self._lock:
+            return len(self._waiting)
+
+    def commit(self, conn: Connection, event: AuditEvent, *, now: datetime | None = None, then: Callable[[Connection], None] | None = None) -> None:
+        """Make ``event`` (and ``then``'s writes) durable; return once committed, or raise.
+
+        ``conn`` is the caller's connection with no transaction open; it is used
+        if this caller leads a group. Raises ``AuditStoreError`` when the group's
+        transaction failed, or what ``then`` raised.
+        """
+        ticket = _Ticket(conn, event, now, then)
+        with self._lock:
+            self._waiting.append(ticket)
+            if not self._leading:
+                self._leading = ticket.lead = True
+        if not ticket.lead:
+            ticket.done.acquire()  # a plain lock is the cheapest wake-up: one release by the leader
+        if ticket.lead:  # this thread commits a group that holds its own ticket (the first one taken)
+            self._lead(ticket)
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _lead(self, mine: _Ticket) -> None:
+        with self._lock:
+            group = self._waiting[: self._max_group]
+            del self._waiting[: self._max_group]
+        try:
+            self._write(mine.conn, group)
+        except BaseException:  # an interrupt in the middle: nobody of the group may take its event as durable
+            _fail(group, AuditStoreError("the audit journal could not be written"))
+            raise
+        finally:
+            with self._lock:
+                if self._waiting:
+                    successor = self._waiting[0]
+                    successor.lead = True
+                    successor.done.release()
+                else:
+                    self._leading = False
+            for ticket in group:
+                if ticket is not mine:
+                    ticket.done.release()
+
+    def _write(self, conn: Connection, group: list[_Ticket]) -> None:
+        self.groups += 1
+        try:
+            with self._begin(conn):
+                self._journal.append_many(conn, [(t.event, t.now) for t in group if t.then is None])
+                for ticket in group:
+                    if ticket.then is not None:
+                        self._write_with_then(conn, ticket, ticket.then)
+        except Exception as exc:  # noqa: BLE001  # every request of the group is refused: none of its events is durable
+            failure = exc if isinstance(exc, AuditStoreError) else AuditStoreError("the audit journal could not be written")
+            if failure is not exc:
+                failure.__cause__ = exc
+            _fail(group, failure)
+
+    def _write_with_then(self, conn: Connection, ticket: _Ticket, then: Callable[[Connection], None]) -> None:
+        try:
+            with conn.begin_nested():
+                self._journal.append(conn, ticket.event, now=ticket.now)
+                then(conn)
+        except AuditStoreError:
+            raise  # the journal failed: the whole group fails closed
+        except Exception as exc:  # noqa: BLE001  # its own request only; the savepoint undid its event and writes
+            ticket.error = exc
+
+
+def _fail(group: list[_Ticket], failure: AuditStoreError) -> None:
+    for ticket in group:
+        if ticket.error is None:
+            ticket.error = failure
+
+
+__all__ = ["DEFAULT_MAX_GROUP", "Begin", "GroupCommit"]
