@@ -320,7 +320,10 @@ def _codes(value: object, where: str) -> tuple[str, ...]:
         raise EventFormatError(f"{where}: must be a list")
     if len(value) > MAX_LIST_ITEMS:
         raise EventFormatError(f"{where}: more than {MAX_LIST_ITEMS} items")
-    return tuple(_code(item, f"{where}[{i}]") for i, item in enumerate(value))
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or _CODE.fullmatch(item) is None:
+            _code(item, f"{where}[{i}]")  # raises, naming the item (the message is built only on failure)
+    return tuple(str.__str__(item) for item in value)
 
 
 def _json_details(value: object) -> tuple[tuple[str, Any], ...]:

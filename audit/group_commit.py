@@ -11,11 +11,13 @@ commit, leader and followers:
   the same transaction (a break-glass review row) — and, if no group of this
   ``GroupCommit`` is being committed, becomes the leader at once: with no
   contention an event commits exactly as it would alone, without a hand-off.
-- The leader takes every event waiting (up to ``max_group``), opens one write
-  transaction on its own connection, inserts the events without a ``then`` in
-  one batched statement and each other event with its ``then`` in a
-  savepoint of its own, commits, and wakes the requests whose events that
-  commit held. A request waiting meanwhile becomes the next leader.
+- The leader opens one write transaction on its own connection — on SQLite
+  that waits for the write lock, and events handed over meanwhile join the
+  group — then takes every event waiting (up to ``max_group``), inserts the
+  events without a ``then`` in one batched statement and each other event
+  with its ``then`` in a savepoint of its own, commits, and wakes the
+  requests whose events that commit held. A request waiting meanwhile
+  becomes the next leader.
 - ``commit`` returns only after the commit that holds the caller's event
   succeeded. If the transaction fails, every request of the group gets
   ``AuditStoreError`` (and must not answer with data); a ``then`` that raises
@@ -104,13 +106,28 @@ class GroupCommit:
             raise ticket.error
 
     def _lead(self, mine: _Ticket) -> None:
-        with self._lock:
-            group = self._waiting[: self._max_group]
-            del self._waiting[: self._max_group]
+        taken: list[_Ticket] = []
+
+        def take() -> list[_Ticket]:
+            if not taken:
+                with self._lock:
+                    taken.extend(self._waiting[: self._max_group])
+                    del self._waiting[: self._max_group]
+            return taken
+
+        self.groups += 1
         try:
-            self._write(mine.conn, group)
+            try:
+                with self._begin(mine.conn):
+                    # The group is taken once the write lock is held: whoever arrived while it was awaited joins.
+                    self._append(mine.conn, take())
+            except Exception as exc:  # noqa: BLE001  # every request of the group is refused: none of its events is durable
+                failure = exc if isinstance(exc, AuditStoreError) else AuditStoreError("the audit journal could not be written")
+                if failure is not exc:
+                    failure.__cause__ = exc
+                _fail(take(), failure)
         except BaseException:  # an interrupt in the middle: nobody of the group may take its event as durable
-            _fail(group, AuditStoreError("the audit journal could not be written"))
+            _fail(take(), AuditStoreError("the audit journal could not be written"))
             raise
         finally:
             with self._lock:
@@ -120,23 +137,15 @@ class GroupCommit:
                     successor.done.release()
                 else:
                     self._leading = False
-            for ticket in group:
+            for ticket in take():
                 if ticket is not mine:
                     ticket.done.release()
 
-    def _write(self, conn: Connection, group: list[_Ticket]) -> None:
-        self.groups += 1
-        try:
-            with self._begin(conn):
-                self._journal.append_many(conn, [(t.event, t.now) for t in group if t.then is None])
-                for ticket in group:
-                    if ticket.then is not None:
-                        self._write_with_then(conn, ticket, ticket.then)
-        except Exception as exc:  # noqa: BLE001  # every request of the group is refused: none of its events is durable
-            failure = exc if isinstance(exc, AuditStoreError) else AuditStoreError("the audit journal could not be written")
-            if failure is not exc:
-                failure.__cause__ = exc
-            _fail(group, failure)
+    def _append(self, conn: Connection, group: list[_Ticket]) -> None:
+        self._journal.append_many(conn, [(t.event, t.now) for t in group if t.then is None])
+        for ticket in group:
+            if ticket.then is not None:
+                self._write_with_then(conn, ticket, ticket.then)
 
     def _write_with_then(self, conn: Connection, ticket: _Ticket, then: Callable[[Connection], None]) -> None:
         try:

@@ -30,7 +30,7 @@ WAIT_S = 10.0  # far above what any step here takes; a hang fails instead of blo
 
 
 class HeldFirstGroup:
-    """A ``begin`` whose first call waits for ``release``: the first leader is held inside, others queue behind it."""
+    """A ``begin`` whose first call waits for ``release``: the first leader is held as if waiting for the write lock, others queue meanwhile."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
@@ -63,7 +63,7 @@ def _until(condition: Callable[[], bool]) -> None:
 def _commit_in_threads(
     engine: Engine, group: GroupCommit, begin: HeldFirstGroup, events: list[AuditEvent], thens: dict[int, Callable[[Connection], None]] | None = None
 ) -> dict[int, BaseException | None]:
-    """Event 0 leads and is held; events 1… queue behind it and commit as the second group. Returns each one's error."""
+    """Event 0 leads and is held in ``begin``; events 1… are handed over meanwhile and join its group. Returns each one's error."""
     thens = thens or {}
     outcome: dict[int, BaseException | None] = {}
 
@@ -81,7 +81,7 @@ def _commit_in_threads(
     for i in range(1, len(events)):
         threads.append(threading.Thread(target=run, args=(i,)))
         threads[-1].start()
-    _until(lambda: group.waiting() == len(events) - 1)
+    _until(lambda: group.waiting() == len(events))  # the held leader has not taken its group yet
     begin.release.set()
     for thread in threads:
         thread.join(WAIT_S)
@@ -97,19 +97,21 @@ def test_waiting_events_share_one_transaction_and_all_become_durable(engine: Eng
     outcome = _commit_in_threads(engine, group, begin, events)
 
     assert outcome == dict.fromkeys(range(8))
-    assert group.groups == 2  # the held leader's own event, then the seven that queued behind it
+    assert group.groups == 1  # the seven handed over while the leader awaited its transaction joined it
     written = _request_ids(engine)
     assert sorted(written) == sorted(e.request_id for e in events)
     assert written[0] == "req-0000"
-    if backend == "postgres":  # the inserting transaction's id is on every entry: one for the held leader, one for the rest
+    if backend == "postgres":  # the inserting transaction's id is on every entry: one transaction for all
         with engine.connect() as conn:
-            xacts = conn.execute(select(audit_journal.c.xact_id).order_by(audit_journal.c.journal_id)).scalars().all()
+            xacts = conn.execute(select(audit_journal.c.xact_id)).scalars().all()
         assert None not in xacts
-        assert len(set(xacts[1:])) == 1
-        assert xacts[0] != xacts[1]
-    assert Sequencer(engine).run_until_idle() == 8
+        assert len(set(xacts)) == 1
+    with engine.connect() as conn:  # a second, lone event commits in a transaction of its own
+        group.commit(conn, sample_event(9))
+    assert group.groups == 2
+    assert Sequencer(engine).run_until_idle() == 9
     with engine.connect() as conn:
-        assert tree_size(conn) == 8
+        assert tree_size(conn) == 9
 
 
 @pytest.fixture
@@ -135,12 +137,14 @@ def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events
 
     outcome = _commit_in_threads(engine, group, begin, events)
 
-    assert outcome[0] is None  # its own group committed before
-    for i in range(1, 6):
+    for i in range(6):
         error = outcome[i]
         assert isinstance(error, AuditStoreError), i
         assert str(error) == "the audit journal could not be written"
-    assert _request_ids(engine) == ["req-0000"]
+    assert _request_ids(engine) == []
+    with engine.connect() as conn:  # the failure does not stick: the next event leads and commits
+        group.commit(conn, sample_event(7))
+    assert _request_ids(engine) == ["req-0007"]
 
 
 def test_a_failing_then_undoes_only_its_own_event_and_writes(engine: Engine) -> None:
