@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, String, func, select
 
 from audit.errors import AuditStoreError
 from audit.event import Actor, AuditEvent
@@ -230,3 +231,22 @@ def test_many_threads_each_get_their_events_in_the_journal_exactly_once_and_in_t
 def test_max_group_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_group"):
         GroupCommit(AuditJournal(), write_on, max_group=0)
+
+
+def test_append_many_stores_exactly_what_append_stores(engine: Engine) -> None:
+    """The batched driver path writes the same column values, as stored, as one ``append`` per event (timestamps included)."""
+    journal = AuditJournal()
+    received = datetime(2026, 11, 22, 16, 0, 1, 123456, tzinfo=UTC)
+    one = [sample_event(i, member_id=None if i == 2 else f"m-{i}") for i in range(3)]
+    with engine.begin() as conn:
+        for event in one:
+            journal.append(conn, event, now=received)
+    with engine.begin() as conn:
+        journal.append_many(conn, [(event, received) for event in one])
+    columns = [c for c in audit_journal.c if c.name not in ("journal_id", "xact_id")]
+    with engine.connect() as conn:
+        rows = conn.execute(select(*columns).order_by(audit_journal.c.journal_id)).all()
+        stored = conn.execute(select(func.cast(audit_journal.c.received_at, String)).order_by(audit_journal.c.journal_id)).scalars().all()
+    assert rows[:3] == rows[3:]
+    assert stored[:3] == stored[3:]  # the same text (SQLite) or timestamptz (PostgreSQL) in the database, not only after reading back
+    assert rows[0].received_at == received

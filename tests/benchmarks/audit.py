@@ -8,7 +8,7 @@ plain baselines in the same run:
 
 1. append — W writer threads split over P spawned processes (32 over 2)
    write for S seconds, each one event per ``write_transaction`` through
-   ``AuditJournal.append`` (what a request does), while a thread of the first
+   ``AuditJournal.append`` (what a write request does), while a thread of the first
    process runs ``Sequencer.run_until_idle`` in a loop, as the API's audit
    pump does. Reported: events/s journaled (over the writing window) and
    events/s sequenced (until the tree has caught up with the whole journal),
@@ -20,7 +20,7 @@ plain baselines in the same run:
    ``GroupCommit`` (what a read request does: each writer hands over its one
    event and waits for the commit that holds it; the writers waiting together
    in a process share a transaction), and every variant again with B events
-   per transaction.
+   per transaction (ours through ``AuditJournal.append_many``).
 2. proofs — a tree of N events built in bulk (journal rows inserted in
    chunks, sequenced with ``run_until_idle`` in batches of 100,000), then the
    median of ``inclusion_proof`` and ``consistency_proof`` at size N over
@@ -180,8 +180,10 @@ def _vault_writer(engine: Engine) -> Writer:
 
     def write(events: Sequence[AuditEvent]) -> None:
         with write_transaction(engine) as conn:
-            for event in events:
-                journal.append(conn, event)
+            if len(events) == 1:
+                journal.append(conn, events[0])
+            else:
+                journal.append_many(conn, [(event, None) for event in events])
 
     return write
 
@@ -658,7 +660,7 @@ def _out(line: str) -> None:
 
 
 _NAMES = {
-    "vault": "ours: `AuditJournal.append` + sequencer",
+    "vault": "ours: `AuditJournal.append` (`append_many` for several) + sequencer",
     "vault-group": "ours, group commit (`GroupCommit`, as a read request commits): each writer waits for the commit that holds its event",
     "chain": "plain hash chain",
     "pymerkle": "pymerkle 7.0.0 `SqliteTree`",
