@@ -23,9 +23,9 @@ the first line's index cannot be read, or when a line is too long to read
 safely (longer than ``MAX_LINE_CHARS``); the caller then verifies from the last
 line it merged, sequentially, which names the failure exactly.
 
-``Frontier`` is the compact range the caller merges into: RFC 6962's right
-edge of ``[0, size)``, as ``audit.merkle.CompactRange`` holds it, which also
-takes a whole aligned subtree at once (its root hash and level).
+The caller merges the tiles into an ``audit.merkle.CompactRange`` (RFC 6962's
+right edge of ``[0, size)``), a whole aligned subtree at a time
+(``append_subtree``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from audit._verify_lines import MAX_LINE_CHARS, FailedError, claimed_index, leaf_of
-from audit.merkle import EMPTY_ROOT, HASH_SIZE, leaf_hash, node_hash
+from audit.merkle import leaf_hash, node_hash
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -154,45 +154,6 @@ def verify_chunk(task: ChunkTask) -> ChunkResult:
     return ChunkResult(offset, next_offset, len(lines), start, sound=True, segments=_segments(hashes, start, task.checkpoint_sizes))
 
 
-class Frontier:
-    """The right edge of a growing tree (``CompactRange``'s state) that also appends whole aligned subtrees."""
-
-    __slots__ = ("_edge", "_size")
-
-    def __init__(self) -> None:
-        self._size = 0
-        self._edge: list[Tile] = []
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def append(self, leaf: bytes) -> None:
-        """Add the next leaf hash."""
-        self.append_subtree(0, leaf)
-
-    def append_subtree(self, level: int, subtree: bytes) -> None:
-        """Add the complete subtree of ``2**level`` leaves with root ``subtree``; the size must be a multiple of its width."""
-        width = 1 << level
-        if len(subtree) != HASH_SIZE or self._size % width:
-            raise ValueError("a subtree is a 32-byte hash appended at a multiple of its width")
-        current = subtree
-        while self._edge and self._edge[-1][0] == level:
-            _, left = self._edge.pop()
-            current = node_hash(left, current)
-            level += 1
-        self._edge.append((level, current))
-        self._size += width
-
-    def root(self) -> bytes:
-        if not self._edge:
-            return EMPTY_ROOT
-        current = self._edge[-1][1]
-        for _, left in reversed(self._edge[:-1]):
-            current = node_hash(left, current)
-        return current
-
-
 def tiles(hashes: Sequence[bytes], first: int, begin: int, end: int) -> list[Tile]:
     """The maximal aligned subtrees covering leaves ``[begin, end)``, left to right; ``hashes[i]`` is leaf ``first + i``."""
     out: list[Tile] = []
@@ -289,4 +250,4 @@ def _pread_all(fd: int, offset: int, length: int | None) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["CHUNK_BYTES", "ChunkResult", "ChunkTask", "Frontier", "Tile", "checked_chunks", "plan", "tiles", "verify_chunk"]
+__all__ = ["CHUNK_BYTES", "ChunkResult", "ChunkTask", "Tile", "checked_chunks", "plan", "tiles", "verify_chunk"]

@@ -107,6 +107,23 @@ class CompactRange:
         self._size += 1
         return completed
 
+    def append_subtree(self, level: int, subtree: bytes) -> None:
+        """Add a complete subtree of ``2**level`` leaves whose root is ``subtree``, at a size that is a multiple of its width.
+
+        ``append_subtree(0, leaf)`` adds one leaf without listing the nodes it
+        completes (what offline verification needs, and faster).
+        """
+        width = 1 << level
+        if len(subtree) != HASH_SIZE or self._size % width:
+            raise ValueError("a subtree is a 32-byte hash appended at a multiple of its width")
+        current = subtree
+        while self._edge and self._edge[-1][0] == level:
+            _, left = self._edge.pop()
+            current = node_hash(left, current)
+            level += 1
+        self._edge.append((level, current))
+        self._size += width
+
     def root(self) -> bytes:
         return _fold([h for _, h in self._edge])
 

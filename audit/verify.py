@@ -59,11 +59,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from audit._verify_chunks import CHUNK_BYTES, Frontier, checked_chunks, plan
+from audit._verify_chunks import CHUNK_BYTES, checked_chunks, plan
 from audit._verify_lines import MAX_LINE_CHARS, FailedError, Finding, leaf_of, leaf_of_text
 from audit.checkpoint import Checkpoint, VerifierKey, open_note, parse_checkpoint, parse_verifier_key
 from audit.errors import CheckpointFormatError, NoteFormatError, VerificationError
-from audit.merkle import leaf_hash
+from audit.merkle import CompactRange, leaf_hash
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkContext
@@ -148,7 +148,7 @@ def verify_export_file(
 
 class _State:
     def __init__(self) -> None:
-        self.tree = Frontier()
+        self.tree = CompactRange()
         self.entries = 0
         self.proven_size = 0
         self.verified: list[Checkpoint] = []
@@ -167,7 +167,7 @@ class _State:
             leaf = leaf_of_line(line, position)
             if position >= self.last_size:
                 raise FailedError(Finding.UNPROVEN_ENTRY, position)
-            self.tree.append(leaf_hash(leaf))
+            self.tree.append_subtree(0, leaf_hash(leaf))
             self.entries += 1
             self.settle()
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from audit._verify_chunks import ChunkTask, Frontier, checked_chunks, plan, tiles
+from audit._verify_chunks import ChunkTask, checked_chunks, plan, tiles
 from audit._verify_lines import plain_leaf, read_line
 from audit.errors import VerificationError, VerifierKeyError
 from audit.event import AuditEvent
@@ -528,7 +528,7 @@ def test_a_worker_that_dies_ends_the_results_early_instead_of_hanging(tmp_path: 
 def test_tiles_merged_in_order_give_the_rfc6962_root(size: int, data: st.DataObject) -> None:
     hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
     cuts = sorted(data.draw(st.sets(st.integers(0, size)), label="cuts") | {0, size})
-    frontier = Frontier()
+    frontier = CompactRange()
     for begin, end in itertools.pairwise(cuts):
         for level, subtree in tiles(hashes, 0, begin, end):
             frontier.append_subtree(level, subtree)
@@ -537,7 +537,7 @@ def test_tiles_merged_in_order_give_the_rfc6962_root(size: int, data: st.DataObj
 
 
 def test_a_subtree_out_of_alignment_is_refused() -> None:
-    frontier = Frontier()
+    frontier = CompactRange()
     frontier.append(leaf_hash(b"a"))
     with pytest.raises(ValueError, match="multiple of its width"):
         frontier.append_subtree(1, leaf_hash(b"b"))
