@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 _PATTERN = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 
@@ -23,6 +24,7 @@ def format_utc(moment: datetime) -> str:
     return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
 
 
+@lru_cache(maxsize=256)  # events of one second share their time: a busy log parses each once
 def parse_utc(text: str) -> datetime:
     """Read the log's format back into an aware UTC datetime; ``ValueError`` if it is not exactly that."""
     match = _PATTERN.fullmatch(text)

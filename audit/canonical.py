@@ -37,10 +37,14 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 32
 
 
+# One encoder for every call (``json.dumps`` with options builds a new one each time).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_bytes(obj: object) -> bytes:
     """The RFC 8785 bytes of ``obj``; ``CanonicalJsonError`` if ``obj`` is outside the subset."""
     _check(obj, 0)
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _ENCODER.encode(obj)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -53,7 +57,7 @@ def canonical_bytes_of_checked(obj: object) -> bytes:
     Skips the walk over the value; the caller vouches for every rule above.
     ``tests/audit/test_canonical.py`` checks events' leaf bytes against ``rfc8785``.
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def _check(obj: object, depth: int) -> None:
