@@ -15,8 +15,9 @@ process, and release both when the transaction ends (the DBAPI connection's
 growing steps (up to 100 ms) however soon the lock frees, so a process whose
 writers keep the lock busy starved the others; threads queued on a Python
 lock are woken at once, and a process polling the lock file within half a
-millisecond. Other programs writing the file are still arbitrated by
-SQLite's own lock and busy timeout.
+millisecond. The lock file only orders the vault's writers; SQLite's own
+lock still guards every write, and other programs writing the database are
+arbitrated by it and the busy timeout.
 
 PostgreSQL through psycopg 3: ``pool_pre_ping`` and a connect timeout, so a
 database that went away fails fast instead of hanging.
