@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import struct
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, Select, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import ARRAY, Connection, Engine, Select, String, bindparam, delete, func, insert, literal_column, select, tuple_, update
 
 from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import KeyNotFoundError
@@ -54,6 +55,20 @@ def _rewrap_sql(conn: Connection) -> str:
 _KEY_COLUMNS = (MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
 _LOAD_ALL = select(*_KEY_COLUMNS).where(MemberKeyRow.owner_id == bindparam("owner"))
 _LOAD_ONE_SCOPE = _LOAD_ALL.where(MemberKeyRow.scope == bindparam("scope"))
+
+
+def _load_many_statement(dialect: str) -> Select[str, str, int, int, bytes]:
+    """``load_many``'s query: the owners as one bound value (``= ANY`` of an array on PostgreSQL, a JSON array read by ``json_each`` on SQLite)."""
+    owner = MemberKeyRow.owner_id
+    if dialect == "postgresql":
+        among = owner == func.any(bindparam("owners", type_=ARRAY(String)))
+    else:
+        among = owner.in_(select(literal_column("value")).select_from(func.json_each(bindparam("owners", type_=String))).scalar_subquery())
+    return select(owner, *_KEY_COLUMNS).where(MemberKeyRow.scope == bindparam("scope"), among)
+
+
+def _owners_param(dialect: str, owners: Sequence[str]) -> list[str] | str:
+    return list(owners) if dialect == "postgresql" else json.dumps(list(owners))
 
 
 def retention_scope(expiry_year: int) -> str:
@@ -220,16 +235,25 @@ class MemberKeys:
         return MemberKeySet(owner, ciphers)
 
     def load_many(self, owners: Sequence[str], scope: str = DATA_SCOPE) -> dict[str, MemberKeySet]:
-        """The live ``scope`` keys of many owners in one query (bulk readers such as extracts); an owner without one is absent."""
+        """The live ``scope`` keys of many owners in one query (bulk readers such as extracts); an owner without one is absent.
+
+        The owners are one bound value (the statement compiles once, whatever
+        their number), and the keys are unwrapped without the cache: a bulk
+        reader reads each owner once, so caching would only evict the keys of
+        interactive readers. Liveness holds as in ``load``: every key returned
+        was read from the key store in this call.
+        """
         if not owners:
             return {}
-        stmt = select(MemberKeyRow.owner_id, *_KEY_COLUMNS).where(MemberKeyRow.scope == scope, MemberKeyRow.owner_id.in_(list(owners)))
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(_load_many_statement(conn.dialect.name), {"scope": scope, "owners": _owners_param(conn.dialect.name, owners)}).all()
         found: dict[str, MemberKeySet] = {}
+        unwrap, aead_data = self.provider.unwrap, _member_aad
         for owner, key_scope, version, kek_version, wrapped in rows:
-            keyset = found.setdefault(owner, MemberKeySet(owner, {}))
-            keyset.ciphers[(key_scope, version)] = self._unwrap(owner, key_scope, version, kek_version, bytes(wrapped))
+            keyset = found.get(owner)
+            if keyset is None:
+                keyset = found[owner] = MemberKeySet(owner, {})
+            keyset.ciphers[(key_scope, version)] = FieldCipher(unwrap(kek_version, bytes(wrapped), aead_data(owner, key_scope, version)), version)
         return found
 
     def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[tuple[str, int, int, bytes]]:

@@ -1,6 +1,6 @@
 """The extract benchmark of issue 7: ``vaultctl extract run`` over a seeded vault, against a hand-written loop in the same run.
 
-    python -m tests.benchmarks.extracts [--members N ...] [--repeats R] [--cache DIR] [--workers W]
+    python -m tests.benchmarks.extracts [--members N ...] [--repeats R] [--cache DIR] [--workers W] [--revision REV]
 
 For each size (default 100,000 and 1,000,000 members) a demo vault is seeded
 once — members through ``seed_members_parallel``, consent histories through
@@ -8,7 +8,10 @@ once — members through ``seed_members_parallel``, consent histories through
 consumers — and kept under ``--cache`` (default ``$VAULT_BENCH_CACHE`` or
 ``~/.cache/member-vault-bench``; a million members take about 10 GB) in a
 directory named by the size, the seed and a hash of the seeder's source, so a
-later run reuses it (``make bench`` on a fresh machine seeds it first).
+later run reuses it (``make bench`` on a fresh machine seeds it first). ``--revision``
+measures the vaults an earlier seeder left there (a change to the seeder's
+source would otherwise seed anew); migrations added since are applied to
+them, as ``vaultctl init`` would.
 
 Then, ``--repeats`` times each, medians reported:
 
@@ -102,12 +105,17 @@ def seeder_revision() -> str:
     return digest.hexdigest()[:12]
 
 
-def seeded_vault(cache: Path, members: int, *, workers: int, log: bool = True) -> Path:
-    """A demo vault of ``members`` members under ``cache``, seeded now unless a complete one is there."""
-    data_dir = cache / f"extract-{members}-seed{SEED}-{seeder_revision()}"
+def seeded_vault(cache: Path, members: int, *, workers: int, log: bool = True, revision: str | None = None) -> Path:
+    """A demo vault of ``members`` members under ``cache``, seeded now unless a complete one is there.
+
+    ``revision``: use the vault an earlier seeder (that revision of its source) left in ``cache``, never seed one.
+    """
+    data_dir = cache / f"extract-{members}-seed{SEED}-{revision or seeder_revision()}"
     if (data_dir / "SEEDED").exists():
         init_vault(_settings(data_dir))  # migrations added since it was seeded
         return data_dir
+    if revision is not None:
+        raise SystemExit(f"no vault of {members} members seeded by revision {revision} in {cache}")
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = _settings(data_dir)
     init_vault(settings)
@@ -334,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for seeding and for the baseline")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; medians are reported")
     parser.add_argument("--seed-only", action="store_true", help="seed (or find) the vaults and stop")
+    parser.add_argument("--revision", help="measure the vaults an earlier seeder left in the cache (its source revision); never seed")
     parser.add_argument("--choose-rows", type=int, default=200_000, help="rows of the near-unique histogram for the search benchmark (0: skip)")
     parser.add_argument("--vaultctl", type=Path, default=Path(sys.executable).with_name("vaultctl"), help="the command line to measure")
     args = parser.parse_args(argv)
     for name in [k for k in os.environ if k.startswith("VAULT_") and not k.startswith("VAULT_TEST_")]:
         del os.environ[name]
     args.cache.mkdir(parents=True, exist_ok=True)
-    vaults = {members: seeded_vault(args.cache, members, workers=args.workers) for members in args.members}
+    vaults = {members: seeded_vault(args.cache, members, workers=args.workers, revision=args.revision) for members in args.members}
     if args.seed_only:
         return 0
     out = sys.stdout

@@ -44,7 +44,7 @@ from vault.extracts.writers import ExtractFormat
 from vault.ids import new_id
 from vault.purposes import Purpose
 from vault.storage.engine import write_transaction
-from vault.storage.schema import extracts
+from vault.storage.schema import extract_members, extracts, members
 
 FAST = settings(max_examples=150, deadline=None)
 AS_OF = date(2026, 3, 1)
@@ -665,20 +665,46 @@ def _extract_vault(runtime: Runtime, members: int) -> tuple[ConsentService, Cons
     return consent, registry
 
 
-def _run(runner: ExtractRunner, runtime: Runtime, registry: ConsumerRegistry, progress: Callable[[int], None] | None = None) -> tuple[ExtractOutcome, bytes]:
+def _run(
+    runner: ExtractRunner,
+    runtime: Runtime,
+    registry: ConsumerRegistry,
+    progress: Callable[[int], None] | None = None,
+    *,
+    fmt: ExtractFormat = ExtractFormat.ndjson,
+    since: str | None = None,
+    now: datetime = NOW,
+    consumer_id: str = "panel",
+) -> tuple[ExtractOutcome, bytes]:
     with runtime.data_engine.connect() as conn:
-        consumer = registry.get(conn, "panel")
+        consumer = registry.get(conn, consumer_id)
     out = io.BytesIO()
     signing = ExtractSigning(runtime.signing.current(SigningPurpose.certificates), "member-vault")
     outcome = runner.run(
-        ExtractRequest(new_id(), consumer, ExtractFormat.ndjson),
+        ExtractRequest(new_id(), consumer, fmt, since=since),
         out,
         audit=ExtractAudit(RUN_AS, "req-t", "policy-t"),
         signing=signing,
-        now=NOW,
+        now=now,
         progress=progress,
     )
     return outcome, out.getvalue()
+
+
+def _runners(runtime: Runtime, consent: ConsentService, registry: ConsumerRegistry, settings: Settings, spool: Path) -> tuple[ExtractRunner, ExtractRunner]:
+    """One runner in this process, one spread over this process and two workers (seven members a task)."""
+    here = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, consent, batch=5), registry, spool_dir=spool)
+    spread = ExtractRunner(
+        runtime.data_engine,
+        runtime.keys,
+        ProfileSource(runtime.keys, consent, batch=5),
+        registry,
+        spool_dir=spool,
+        opener=functools.partial(open_runtime, settings),
+        workers=3,
+        worker_range=7,
+    )
+    return here, spread
 
 
 def test_an_extract_profiled_in_worker_processes_is_the_one_profiled_in_this_process(
@@ -686,17 +712,7 @@ def test_an_extract_profiled_in_worker_processes_is_the_one_profiled_in_this_pro
 ) -> None:
     """This process and two workers, seven members a task: the same rows in the same order, so the same bytes, plan and counts."""
     consent, registry = _extract_vault(runtime, 40)
-    here = ExtractRunner(runtime.data_engine, runtime.keys, ProfileSource(runtime.keys, consent, batch=5), registry, spool_dir=tmp_path)
-    spread = ExtractRunner(
-        runtime.data_engine,
-        runtime.keys,
-        ProfileSource(runtime.keys, consent, batch=5),
-        registry,
-        spool_dir=tmp_path,
-        opener=functools.partial(open_runtime, make_settings()),
-        workers=3,
-        worker_range=7,
-    )
+    here, spread = _runners(runtime, consent, registry, make_settings(), tmp_path)
     seen: list[str] = []
     alone, alone_bytes = _run(here, runtime, registry)
     together, together_bytes = _run(spread, runtime, registry, lambda _: seen.extend(p.name for p in multiprocessing.active_children()))
@@ -708,6 +724,55 @@ def test_an_extract_profiled_in_worker_processes_is_the_one_profiled_in_this_pro
     assert together.claims["anonymity"] == alone.claims["anonymity"]
     assert together.members_sha256 == alone.members_sha256
     assert {"extract-worker-0", "extract-worker-1"} <= set(seen)
+
+
+@pytest.mark.parametrize("fmt", [ExtractFormat.parquet, ExtractFormat.csv])
+def test_an_extract_released_in_worker_processes_is_byte_for_byte_the_one_of_this_process(
+    runtime: Runtime, make_settings: Callable[..., Settings], tmp_path: Path, fmt: ExtractFormat
+) -> None:
+    """Both passes spread over three processes: the chunks' rows are appended in spool order, so the file is the same."""
+    consent, registry = _extract_vault(runtime, 40)
+    here, spread = _runners(runtime, consent, registry, make_settings(), tmp_path)
+    alone, alone_bytes = _run(here, runtime, registry, fmt=fmt)
+    together, together_bytes = _run(spread, runtime, registry, fmt=fmt, now=NOW + timedelta(minutes=1))
+    assert alone.status == together.status == "done"
+    assert alone.rows == together.rows > 0
+    assert together_bytes == alone_bytes
+    assert together.members_sha256 == alone.members_sha256
+
+
+def test_an_incremental_extract_in_worker_processes_releases_what_one_process_releases(
+    runtime: Runtime, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Only rows the consumer does not hold as they are (new members, classes changed by them) are released, the same in both."""
+    consent, registry = _extract_vault(runtime, 40)
+    with write_transaction(runtime.data_engine) as conn:  # few quasi-identifiers: new members join classes rather than push suppression past the cap
+        ClientRegistry(runtime.keys.root_key(CLIENT_ROOT)).add(conn, "coarse", ["loyalty_service"], [], NOW)
+        attributes = ["gender", "spend_band", "tier", "rfm", "interest_tags"]
+        registry.register(conn, "coarse", purpose="loyalty_profiling", attributes=attributes, health=False, k=2, suppression_cap_permille=500, now=NOW)
+    here, spread = _runners(runtime, consent, registry, make_settings(), tmp_path)
+    run = functools.partial(_run, runtime=runtime, registry=registry, consumer_id="coarse")
+    base, _ = run(here)
+    with runtime.data_engine.connect() as conn:
+        held = set(conn.scalars(select(extract_members.c.member_id).where(extract_members.c.extract_id == base.extract_id)))
+        newcomers = sorted(set(conn.scalars(select(members.c.member_id))) - held)[:6]
+    with write_transaction(runtime.data_engine) as conn:
+        for member_id in newcomers:
+            request = ConsentRequest(Purpose.loyalty_profiling, ConsentDecision.granted, ConsentChannel.app, notice_version=1)
+            consent.record(conn, member_id, request, Recorder("app", RecorderRole.member), consent_id=new_id(), request_id="t", now=NOW + timedelta(minutes=1))
+    alone, alone_bytes = run(here, since=base.extract_id, now=NOW + timedelta(minutes=2))
+    together, together_bytes = run(spread, since=base.extract_id, now=NOW + timedelta(minutes=3))
+    assert alone.status == together.status == "done"
+    assert together_bytes == alone_bytes
+    assert together.members_sha256 == alone.members_sha256
+    with runtime.data_engine.connect() as conn:
+        released = [
+            set(conn.scalars(select(extract_members.c.member_id).where(extract_members.c.extract_id == outcome.extract_id))) for outcome in (alone, together)
+        ]
+    assert released[0] == released[1]
+    assert len(released[0]) == alone.rows == together.rows
+    assert released[0] & set(newcomers)  # new members are released
+    assert held - released[0]  # and rows the consumer holds unchanged are not
 
 
 def test_a_worker_that_cannot_open_the_vault_stops_the_extract_which_is_marked_failed(

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import threading
 import tracemalloc
@@ -30,6 +31,7 @@ from vault.extracts.writers import (
     ExtractFormat,
     ParquetExtractWriter,
     Written,
+    encoder,
     open_writer,
 )
 
@@ -81,9 +83,11 @@ def extracts(draw: st.DrawFn) -> tuple[tuple[Column, ...], list[list[tuple[Cell,
     return columns, draw(st.lists(st.lists(row, max_size=6), max_size=4))
 
 
-def write_all(fmt: ExtractFormat, columns: Sequence[Column], batches: Sequence[Sequence[tuple[Cell, ...]]]) -> tuple[bytes, Written]:
+def write_all(
+    fmt: ExtractFormat, columns: Sequence[Column], batches: Sequence[Sequence[tuple[Cell, ...]]], *, row_group_rows: int | None = None
+) -> tuple[bytes, Written]:
     sink = WriteOnlySink()
-    writer = open_writer(fmt, columns, sink)
+    writer = open_writer(fmt, columns, sink) if row_group_rows is None else ParquetExtractWriter(columns, sink, row_group_rows=row_group_rows)
     for batch in batches:
         writer.write(batch)
     written = writer.close()
@@ -145,7 +149,7 @@ def test_csv_reads_back_with_a_header_and_formula_like_cells_prefixed(extract: t
 
 @FAST
 @given(extracts(), st.integers(min_value=1, max_value=8))
-def test_parquet_reads_back_with_its_schema_and_row_groups_of_the_pending_batches(
+def test_parquet_reads_back_with_its_schema_in_row_groups_of_exactly_row_group_rows(
     extract: tuple[tuple[Column, ...], list[list[tuple[Cell, ...]]]], row_group_rows: int
 ) -> None:
     columns, batches = extract
@@ -159,16 +163,41 @@ def test_parquet_reads_back_with_its_schema_and_row_groups_of_the_pending_batche
     table = read_parquet(sink.data)
     assert table.schema.equals(schema_of(columns))
     assert table.to_pylist() == [{c.name: as_json(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-    groups, pending = [], 0
-    for batch in batches:
-        pending += len(batch)
-        if pending >= row_group_rows:
-            groups.append(pending)
-            pending = 0
-    if pending:
-        groups.append(pending)
+    whole, rest = divmod(len(rows), row_group_rows)
     metadata = pq.ParquetFile(io.BytesIO(sink.data)).metadata
-    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == groups
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [row_group_rows] * whole + ([rest] if rest else [])
+
+
+@FAST
+@given(extracts(), st.data())
+def test_the_bytes_depend_on_the_rows_only_never_on_how_they_were_batched(
+    extract: tuple[tuple[Column, ...], list[list[tuple[Cell, ...]]]], data: st.DataObject
+) -> None:
+    """Worker processes hand over batches cut at their own boundaries: the file must be the one a single batching writes."""
+    columns, batches = extract
+    rows = [row for batch in batches for row in batch]
+    cuts = sorted(data.draw(st.sets(st.integers(min_value=0, max_value=len(rows)))))
+    rebatched = [rows[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+    for fmt in ExtractFormat:
+        groups = 3 if fmt is ExtractFormat.parquet else None
+        assert write_all(fmt, columns, rebatched, row_group_rows=groups) == write_all(fmt, columns, [rows], row_group_rows=groups)
+
+
+def test_a_batch_encoded_elsewhere_is_appended_as_written_and_its_format_is_checked() -> None:
+    """``encoder`` is what an extract worker runs; its batch crosses a pipe and ``write_encoded`` appends it to the writer of the same format."""
+    here, there = multiprocessing.Pipe()
+    for fmt in ExtractFormat:
+        there.send(encoder(fmt, EXAMPLE_COLUMNS)(EXAMPLE_ROWS))
+        batch = here.recv()
+        sink = WriteOnlySink()
+        writer = open_writer(fmt, EXAMPLE_COLUMNS, sink)
+        writer.write_encoded(batch)
+        written = writer.close()
+        assert (sink.data, written) == write_all(fmt, EXAMPLE_COLUMNS, [EXAMPLE_ROWS])
+    with pytest.raises(ValueError, match=r"^not a batch of this extract's Parquet schema$"):
+        open_writer(ExtractFormat.parquet, EXAMPLE_COLUMNS, WriteOnlySink()).write_encoded(encoder(ExtractFormat.ndjson, EXAMPLE_COLUMNS)(EXAMPLE_ROWS))
+    with pytest.raises(ValueError, match=r"^not a batch of this extract's text format$"):
+        open_writer(ExtractFormat.csv, EXAMPLE_COLUMNS, WriteOnlySink()).write_encoded(encoder(ExtractFormat.parquet, EXAMPLE_COLUMNS)(EXAMPLE_ROWS))
 
 
 EXAMPLE_COLUMNS = (Column("pseudonym"), Column("age_band"), Column("interests", is_list=True), Column("region"))

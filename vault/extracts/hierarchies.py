@@ -72,6 +72,12 @@ class Hierarchy:
             raise ValueError(f"{self.attribute}: a value outside the hierarchy's domain")
         return ANY if level == len(labels) else labels[level]
 
+    def __reduce__(self) -> tuple[Callable[[str], Hierarchy], tuple[str]]:
+        """Pickled by name (a plan sent to an extract worker carries its hierarchies): only the registered hierarchies pickle."""
+        if _BY_ATTRIBUTE.get(self.attribute) is not self:
+            raise TypeError(f"{self.attribute}: only a registered hierarchy can be pickled")
+        return hierarchy, (self.attribute,)
+
 
 def _table(rungs: Mapping[str, Rung]) -> Callable[[str], Rung | None]:
     return MappingProxyType(dict(rungs)).get

@@ -5,17 +5,20 @@ by the number of distinct quasi-identifier tuples:
 
 1. every eligible member (``ProfileSource``) gets a profile and the consumer's
    pseudonym for the current epoch; its level-0 quasi-identifiers go into the
-   ``Histogram`` and the whole row into an encrypted ``Spool``. One read
-   snapshot in one process, or, with an ``opener`` and more members than one
-   range, one snapshot per member-id range spread over worker processes
-   (``vault.extracts.profiling``); eligibility is decided at the run's ``now``
+   ``Histogram`` and the whole row into an encrypted ``Spool``
+   (``vault.extracts.profiling``). One read snapshot in one process, or, with
+   an ``opener`` and more members than one range, one snapshot per member-id
+   range spread over this process and worker processes
+   (``vault.extracts._workers``); eligibility is decided at the run's ``now``
    either way;
 2. ``choose`` plans the generalization (k = max(consumer's k, requested k),
    distinct l-diversity for health-derived attributes, the consumer's
    suppression cap; the epoch's fixed generalization once its first extract
    fixed one). Refused → the extract is ``refused``, nothing is written to
-   ``out``. Otherwise the spooled rows are released through the plan into
-   the format writer.
+   ``out``. Otherwise each chunk of the spool is released through the plan
+   and encoded for the format (``vault.extracts.releasing``), by the same
+   processes as the first pass, and the chunks are appended to the writer in
+   spool order: the file is the one a single process writes.
 
 Then, in one transaction: the included members go into ``extract_members``,
 the epoch's generalization is fixed, the extract row is ``done`` with its
@@ -35,12 +38,12 @@ generalization.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import hmac
 import itertools
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -53,22 +56,23 @@ from sqlalchemy.exc import IntegrityError
 
 from audit.event import Actor, AuditEvent, Decision, event_time
 from audit.store import AuditJournal
-from keys.derive import derive_key
 from keys.member_keys import MemberKeys
 from keys.signing import SigningKey
 from vault.data_requests.spool import Spool
 from vault.errors import ConflictError, ValidationError
 from vault.extracts import hierarchies as hi
 from vault.extracts import profile as pf
+from vault.extracts._workers import Chunk, ExtractWorkerError, Range, Task, WorkerPool
 from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
 from vault.extracts.consumers import Consumer, ConsumerRegistry
-from vault.extracts.profiling import Counted, ExtractWorkerError, Profiler, Profiling, WorkerTarget, hashable, id_ranges, in_workers
+from vault.extracts.profiling import Profiled, Profiler, Profiling, WorkerTarget, id_ranges
 from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.records import heartbeat
+from vault.extracts.releasing import ReleasedChunk, Releaser, Releasing
 from vault.extracts.source import ProfileSource
 from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
 from vault.storage.engine import read_snapshot, write_transaction
-from vault.storage.schema import extract_members, extracts
+from vault.storage.schema import extracts
 from vault.times import rfc3339_seconds
 
 MANIFEST_TYPE = "extract-manifest+jwt"
@@ -76,9 +80,7 @@ MANIFEST_VERSION = "member-vault/extract-manifest/1"
 DEFAULT_L = 2
 RESOURCE = "extract"
 EXTRACT_ACTION = "extract"  # the one audit event of a run
-_WRITE_BATCH = 2000
-OutRow = tuple[str | tuple[str, ...] | None, ...]
-_MEMBERS_CHUNK = 5000
+_INSERT_MEMBERS = "INSERT INTO extract_members (extract_id, member_id, row_mac) VALUES (?, ?, ?)"
 
 
 class ExtractSink(Protocol):
@@ -243,12 +245,18 @@ class ExtractRunner:
         progress: Callable[[int], None] | None,
     ) -> ExtractOutcome:
         consumer = request.consumer
-        attributes = consumer.attributes
-        qi_names = [h.attribute for h in hi.QUASI_IDENTIFIERS if h.attribute in attributes]
-        sensitive_names = [a.name for a in pf.SENSITIVE if a.name in attributes and consumer.health]
-        with Spool(self._spool_dir) as rows, Spool(self._spool_dir) as included:
+        qi_names = [h.attribute for h in hi.QUASI_IDENTIFIERS if h.attribute in consumer.attributes]
+        sensitive_names = [a.name for a in pf.SENSITIVE if a.name in consumer.attributes and consumer.health]
+        job = _profiling(consumer, epoch, qi_names, sensitive_names, now)
+        ranges = id_ranges(self._engine, self._worker_range)
+        first = next(ranges)
+        opener = self._opener if self._workers > 1 and first[1] is not None else None  # one range of members: no worker pays its start
+        pool: AbstractContextManager[WorkerPool | None] = (
+            contextlib.nullcontext() if opener is None else WorkerPool(opener, self._workers, spec=self._source.spec(), job=job)
+        )
+        with Spool(self._spool_dir) as rows, Spool(self._spool_dir) as included, pool as workers:
             histogram = Histogram(qi_names, sensitive_names)
-            self._first_pass(consumer, epoch, histogram, rows, names=(qi_names, sensitive_names), now=now, progress=progress)
+            self._first_pass(job, workers, itertools.chain([first], ranges), histogram, rows, progress=progress)
             try:
                 plan = choose(
                     histogram,
@@ -260,29 +268,33 @@ class ExtractRunner:
                 )
             except AnonymityRefusedError:
                 return self._refuse(request, histogram.rows, audit, now)
-            columns = [Column("pseudonym"), *(Column(n) for n in qi_names), *(Column(n) for n in sensitive_names), *_plain_columns(consumer)]
+            plain = _plain_columns(consumer)
+            columns = [Column("pseudonym"), *(Column(n) for n in qi_names), *(Column(n) for n in sensitive_names), *plain]
             writer = open_writer(request.fmt, columns, out)
+            releasing = Releasing(plan, tuple(c.name for c in plain), writer.encode, consumer.consumer_id, epoch, request.since)
             members_sha = hashlib.sha256()
             released = 0
-            row_mac = _RowMac(self._keys.root_key(ROOT_KEY), consumer.consumer_id, epoch)
-            with self._engine.connect() as base:
-                for chunk in _chunks(self._second_pass(plan, rows, consumer, qi_names), _WRITE_BATCH):
-                    batch, macs = _new_or_changed(base, request, epoch, chunk, row_mac)
-                    if not batch:
-                        continue
-                    writer.write([row for _, row in batch])
-                    ids = [member_id for member_id, _ in batch]
-                    members_sha.update("".join(f"{i}\n" for i in ids).encode("ascii"))
-                    included.write("\n".join(f"{i}:{m}" for i, m in zip(ids, macs, strict=True)).encode("ascii"))
-                    released += len(batch)
+
+            def emit(chunk: ReleasedChunk) -> None:
+                nonlocal released
+                if chunk.member_ids:
+                    writer.write_encoded(chunk.encoded)
+                    members_sha.update("".join(f"{i}\n" for i in chunk.member_ids).encode("ascii"))
+                    included.write("\n".join(f"{i}:{m}" for i, m in zip(chunk.member_ids, chunk.row_macs, strict=True)).encode("ascii"))
+                    released += len(chunk.member_ids)
+
+            self._second_pass(releasing, workers, rows, emit)
+            if workers is not None:
+                workers.stop()  # they close the vault and exit while the extract is committed
             written = writer.close()
             out.flush()  # durable before ``done`` is committed (a sealed store fsyncs here)
             claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
+                insert_members = _driver_sql(conn, _INSERT_MEMBERS)
                 for sealed in included.read():
                     held_rows = (line.split(":") for line in sealed.decode("ascii").split("\n"))
-                    conn.execute(insert(extract_members), [{"extract_id": request.extract_id, "member_id": m, "row_mac": mac} for m, mac in held_rows])
+                    conn.exec_driver_sql(insert_members, [(request.extract_id, m, mac) for m, mac in held_rows])
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
                 finished = conn.execute(
@@ -308,75 +320,59 @@ class ExtractRunner:
 
     def _first_pass(
         self,
-        consumer: Consumer,
-        epoch: int,
+        job: Profiling,
+        workers: WorkerPool | None,
+        ranges: Iterator[tuple[str, str | None]],
         histogram: Histogram,
         rows: Spool,
         *,
-        names: tuple[Sequence[str], Sequence[str]],
-        now: datetime,
         progress: Callable[[int], None] | None,
     ) -> None:
-        """Profile every eligible member into ``histogram`` and ``rows`` (in member id order), in this process or in worker processes.
+        """Profile every eligible member into ``histogram`` and ``rows`` (in member id order), in this process or with ``workers``.
 
-        With an ``opener`` and ``workers`` above one, the member ids are cut into
-        ranges of ``worker_range`` members, profiled by this process and
-        ``workers - 1`` spawned ones. A worker process opens its own engine and
-        key store (``opener``), reads a range in its own read snapshot and sends
-        back the range's spool lines and histogram entries through a pipe (never
-        a file: decrypted values reach the disk only through the encrypted
-        spool, written by this process). Results are taken in range order, so
-        the spool is the one a single process writes.
+        With workers, the member ids are cut into ``ranges`` of ``worker_range``
+        members, each profiled in its own read snapshot by this process or a
+        worker, and the results are taken in range order, so the spool is the
+        one a single process writes.
         """
-        qi_names, sensitive_names = names
-        job = Profiling(
-            consumer_id=consumer.consumer_id,
-            purpose=consumer.purpose,
-            attributes=tuple(consumer.attributes),
-            health=consumer.health,
-            epoch=epoch,
-            fields=tuple(sorted({f for a in pf.ATTRIBUTES if a.name in consumer.attributes for f in a.source_fields})),
-            qi_index=tuple(i for i, h in enumerate(hi.QUASI_IDENTIFIERS) if h.attribute in qi_names),
-            sensitive_index=tuple(i for i, a in enumerate(pf.SENSITIVE) if a.name in sensitive_names),
-            now=now,
-        )
 
-        def emit(lines: bytes, counted: Sequence[Counted]) -> None:
-            for qi, sensitive in counted:
+        def emit(profiled: Profiled) -> None:
+            for qi, sensitive in profiled.counted:
                 histogram.add(qi, sensitive)
-            rows.write(lines)
+            rows.write(profiled.lines)
             if progress is not None:
                 progress(histogram.rows)
 
         profiler = Profiler(job, self._keys.root_key(ROOT_KEY))
-
-        def here(after: str, until: str | None) -> tuple[bytes, list[Counted]]:
+        if workers is None:
             with read_snapshot(self._engine) as conn:
-                return profiler.profile_range(self._source, conn, after, until)
-
-        ranges = id_ranges(self._engine, self._worker_range)
-        first = next(ranges)
-        if self._opener is None or self._workers < 2 or first[1] is None:
-            with read_snapshot(self._engine) as conn:
-                for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=now):
-                    emit(*profiler.profile(batch))
+                for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now):
+                    emit(Profiled(*profiler.profile(batch)))
             return
-        in_workers(self._opener, self._workers, spec=self._source.spec(), job=job, ranges=itertools.chain([first], ranges), here=here, emit=emit)
 
-    def _second_pass(self, plan: Plan, rows: Spool, consumer: Consumer, qi_names: Sequence[str]) -> Iterator[tuple[str, OutRow]]:
-        plain_names = [c.name for c in _plain_columns(consumer)]
-        mask_rfm = "rfm" in plain_names and plan.generalization.get("spend_band") != hi.hierarchy("spend_band").levels[0]
-        for chunk in rows.read():
-            for line in chunk.decode("utf-8").splitlines():
-                member_id, pseudonym, qi, sensitive, plain = json.loads(line)
-                released = plan.release(tuple(qi), None if sensitive is None else tuple(hashable(v) for v in sensitive))
-                if released is None:
-                    continue
-                if mask_rfm and plain.get("rfm"):
-                    plain["rfm"] = plain["rfm"][:-1] + "*"
-                values = [hashable(plain.get(n)) for n in plain_names]
-                hidden = tuple(hashable(v) for v in released.sensitive or ())
-                yield member_id, (pseudonym, *released.qi, *hidden, *values)
+        def here(task: Task) -> Profiled:
+            if not isinstance(task, Range):
+                raise TypeError("the first pass profiles ranges")
+            with read_snapshot(self._engine) as conn:
+                return profiler.profile_range(self._source, conn, task.after, task.until)
+
+        workers.ordered((Range(after, until) for after, until in ranges), here, emit, Profiled)
+
+    def _second_pass(self, job: Releasing, workers: WorkerPool | None, rows: Spool, emit: Callable[[ReleasedChunk], None]) -> None:
+        """Release every chunk of ``rows`` through the plan, in this process or with ``workers``; ``emit`` each chunk's rows in spool order."""
+        releaser = Releaser(job, self._keys.root_key(ROOT_KEY), self._engine)
+        if workers is None:
+            for chunk in rows.read():
+                emit(releaser.release(chunk))
+            return
+
+        def here(task: Task) -> ReleasedChunk:
+            if not isinstance(task, Chunk):
+                raise TypeError("the second pass releases chunks")
+            return releaser.release(task.data)
+
+        workers.release_with(job)
+        workers.ordered((Chunk(chunk) for chunk in rows.read()), here, emit, ReleasedChunk)
 
     def _refuse(self, request: ExtractRequest, rows: int, audit: ExtractAudit, now: datetime) -> ExtractOutcome:
         with write_transaction(self._engine) as conn:
@@ -386,67 +382,33 @@ class ExtractRunner:
         return ExtractOutcome(request.extract_id, "refused", rows, "k_unreachable")
 
 
-class _RowMac:
-    """A keyed digest of a released row (128 bits, hex), per consumer and epoch: compares rows across extracts without keeping them."""
-
-    def __init__(self, root: bytes, consumer_id: str, epoch: int) -> None:
-        self._key = derive_key(root, f"extract-rows/{consumer_id}/epoch-{epoch}")
-
-    def __call__(self, row: OutRow) -> str:
-        encoded = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return hmac.new(self._key, encoded, hashlib.sha256).hexdigest()[:32]
-
-
-def _new_or_changed(
-    conn: Connection, request: ExtractRequest, epoch: int, batch: list[tuple[str, OutRow]], row_mac: _RowMac
-) -> tuple[list[tuple[str, OutRow]], list[str]]:
-    """The rows to release and their digests: all of them, or for an incremental extract those its consumer does not hold as they are."""
-    macs = [row_mac(row) for _, row in batch]
-    if request.since is None:
-        return batch, macs
-    held = _held_before(conn, request, epoch, [member_id for member_id, _ in batch])
-    keep = [i for i, (member_id, _) in enumerate(batch) if held.get(member_id) != macs[i]]
-    return [batch[i] for i in keep], [macs[i] for i in keep]
-
-
-def _held_before(conn: Connection, request: ExtractRequest, epoch: int, member_ids: list[str]) -> dict[str, str]:
-    """For each member, the row digest of the last extract up to ``request.since`` (same consumer and epoch) that held them.
-
-    An incremental extract's consumer has applied every extract of the epoch up
-    to its base, in order: what it holds for a member is what the latest of
-    them released.
-    """
-    e, m = extracts.c, extract_members.c
-    base = select(e.created_at).where(e.extract_id == request.since).scalar_subquery()
-    rows = conn.execute(
-        select(m.member_id, m.row_mac)
-        .join(extracts, e.extract_id == m.extract_id)
-        .where(
-            e.consumer_id == request.consumer.consumer_id,
-            e.epoch == epoch,
-            e.status == "done",
-            e.created_at <= base,
-            m.member_id.in_(member_ids),
-        )
-        .order_by(e.created_at, e.extract_id)
-    )
-    return {str(member_id): str(mac) for member_id, mac in rows}
-
-
 def _plain_columns(consumer: Consumer) -> list[Column]:
     lists = {"interest_tags", "preferred_categories", "top_categories"}
     return [Column(a.name, is_list=a.name in lists) for a in pf.ATTRIBUTES if a.name in consumer.attributes and a.role is pf.Role.attribute]
 
 
-def _chunks(items: Iterator[tuple[str, OutRow]], size: int) -> Iterator[list[tuple[str, OutRow]]]:
-    batch: list[tuple[str, OutRow]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _profiling(consumer: Consumer, epoch: int, qi_names: Sequence[str], sensitive_names: Sequence[str], now: datetime) -> Profiling:
+    return Profiling(
+        consumer_id=consumer.consumer_id,
+        purpose=consumer.purpose,
+        attributes=tuple(consumer.attributes),
+        health=consumer.health,
+        epoch=epoch,
+        fields=tuple(sorted({f for a in pf.ATTRIBUTES if a.name in consumer.attributes for f in a.source_fields})),
+        qi_index=tuple(i for i, h in enumerate(hi.QUASI_IDENTIFIERS) if h.attribute in qi_names),
+        sensitive_index=tuple(i for i, a in enumerate(pf.SENSITIVE) if a.name in sensitive_names),
+        now=now,
+    )
+
+
+def _driver_sql(conn: Connection, sql: str) -> str:
+    """``sql`` (``?`` placeholders) in the driver's positional parameter style: a bulk insert straight through ``executemany``."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return sql
+    if style in ("format", "pyformat"):
+        return sql.replace("?", "%s")
+    raise ValueError(f"unsupported parameter style {style}")
 
 
 def _manifest(

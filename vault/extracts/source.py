@@ -102,7 +102,8 @@ class ProfileSource:
         """
         wanted = [_MEMBER[name] for name in sorted(set(fields))]
         m = members.c
-        page = select(m.member_id).where(m.member_id > bindparam("after"), m.erased_at.is_(None))
+        # Ids from the primary key's index alone; erased members are dropped with the rows of the eligible ones.
+        page = select(m.member_id).where(m.member_id > bindparam("after"))
         if until is not None:
             page = page.where(m.member_id <= until)
         page = page.order_by(m.member_id).limit(self._batch)
@@ -117,8 +118,8 @@ class ProfileSource:
                 yield []
                 continue
             chosen = sorted(eligible)
-            rows = conn.execute(select(*columns).where(_among(conn.dialect, m.member_id, chosen)).order_by(m.member_id)).all()
-            yield self._batch_rows(conn, rows, wanted, chosen, want_health=want_health, now=now)
+            rows = conn.execute(select(*columns).where(_among(conn.dialect, m.member_id, chosen), m.erased_at.is_(None)).order_by(m.member_id)).all()
+            yield self._batch_rows(conn, rows, wanted, [str(r[0]) for r in rows], want_health=want_health, now=now)
 
     def _batch_rows(
         self, conn: Connection, rows: Sequence[Row[Any]], wanted: list[dm.Field], chosen: list[str], *, want_health: bool, now: datetime
@@ -177,15 +178,23 @@ def _restricted(conn: Connection, ids: list[str]) -> set[str]:
 
 
 def _visits(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, tuple[int, date | None, dict[str, int]]]:
-    """Per member: treatments since ``since``, the last treatment's day, and the recent treatments by category (one query)."""
+    """Per member: treatments since ``since``, the last treatment's day, and the recent treatments by category (one query).
+
+    On SQLite a moment is stored as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``):
+    the last treatment's day is read from its first ten characters rather than
+    parsed into a datetime per row.
+    """
     t = treatments.c
     recent = func.sum(case((t.performed_at >= since, 1), else_=0))
+    last_moment: ColumnElement[Any] = func.max(t.performed_at)
+    if conn.dialect.name == "sqlite":
+        last_moment = type_coerce(last_moment, String)
     found: dict[str, tuple[int, date | None, dict[str, int]]] = {}
     for member_id, category, count, last in conn.execute(
-        select(t.member_id, t.category, recent, func.max(t.performed_at)).where(_among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
-    ):
+        select(t.member_id, t.category, recent, last_moment).where(_among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
+    ).all():
         total, latest, by_category = found.get(member_id, (0, None, {}))
-        day = None if last is None else _day(last)
+        day = None if last is None else date.fromisoformat(last[:10]) if isinstance(last, str) else _day(last)
         if count:
             by_category[str(category)] = int(count)
         found[member_id] = (total + int(count or 0), day if latest is None or (day is not None and day > latest) else latest, by_category)
@@ -210,13 +219,13 @@ def _ledger(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, 
         select(e.member_id, e.entry_id, e.key_version, type_coerce(e.balance_after, _SEALED)).join(
             latest, and_(e.member_id == latest.c.member_id, e.seq == latest.c.seq)
         )
-    ):
+    ).all():
         found[member_id].last = (entry_id, version, sealed)
     for member_id, entry_id, version, sealed in conn.execute(
         select(e.member_id, e.entry_id, e.key_version, type_coerce(e.amount, _SEALED)).where(
             _among(conn.dialect, e.member_id, ids), e.entry_type == "spend", e.occurred_at >= since
         )
-    ):
+    ).all():
         found[member_id].spends.append((entry_id, version, sealed))
     return found
 

@@ -21,11 +21,18 @@ holds a ``tuple`` of ``str`` or ``None``. Byte formats, all UTF-8 without a BOM:
   carriage return gets a leading ``'`` so a spreadsheet never runs it as a
   formula. No rows: the header alone.
 * Parquet: one nullable column per ``Column`` (``string`` or ``list<string>``),
-  zstd-compressed. Batches are buffered as Arrow record batches and flushed as
-  one row group once ``row_group_rows`` (default 50,000) rows are pending, and
-  at ``close``; pyarrow's many small writes (page headers) reach ``out``
-  through a 256 KiB buffer. No rows: a valid file with the schema and no row
-  group.
+  zstd-compressed, in row groups of exactly ``row_group_rows`` (default
+  50,000) rows, the last one smaller: batches are buffered as Arrow record
+  batches and each row group is written from one contiguous table, so the
+  bytes depend on the rows alone, never on how they were batched. pyarrow's
+  many small writes (page headers) reach ``out`` through a 256 KiB buffer.
+  No rows: a valid file with the schema and no row group.
+
+Encoding and writing are apart: ``encoder(fmt, columns)`` checks and encodes a
+batch with no I/O (an ``Encoded``: the NDJSON or CSV bytes, or an Arrow record
+batch; both pickle, so an extract worker process can encode and the writer's
+process only appends), and ``ExtractWriter.write_encoded`` appends it. ``write``
+is the two in one.
 
 Invariants: memory is bounded by one row group plus one batch, never by the
 row count (NDJSON and CSV encode each distinct value of a column once per
@@ -126,27 +133,91 @@ class _HashingTee:
         return self._hash.hexdigest()
 
 
-class ExtractWriter(ABC):
-    """Writes batches of rows in one format; ``close`` finishes the format and returns what was written."""
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A checked, encoded batch of ``rows`` rows: the NDJSON or CSV bytes, or an Arrow record batch for Parquet."""
 
-    def __init__(self, columns: Sequence[Column], out: ByteSink) -> None:
+    rows: int
+    data: bytes | pa.RecordBatch
+
+
+class BatchEncoder(ABC):
+    """Checks and encodes batches of rows of one format and columns, with no I/O (pickles: built where the rows are)."""
+
+    def __init__(self, columns: Sequence[Column]) -> None:
         if not columns:
             raise ValueError("an extract needs at least one column")
         if len({c.name for c in columns}) != len(columns):
             raise ValueError("column names must be unique")
         self.columns = tuple(columns)
+
+    def __call__(self, rows: Sequence[Row]) -> Encoded:
+        """A batch encoded; a batch with a bad row is refused whole (``ValueError``)."""
+        return Encoded(len(rows), self._encode(_columns(self.columns, rows)) if rows else b"")
+
+    @abstractmethod
+    def _encode(self, cells: Sequence[Sequence[Cell]]) -> bytes | pa.RecordBatch:
+        """A checked, non-empty batch given by column, encoded."""
+
+
+class NdjsonEncoder(BatchEncoder):
+    """One compact JSON object per row, keys in column order."""
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        super().__init__(columns)
+        self._keys = tuple(_JSON(c.name) + ":" for c in self.columns)
+
+    def _encode(self, cells: Sequence[Sequence[Cell]]) -> bytes:
+        members = [_mapped(values, partial(_json_member, key)) for key, values in zip(self._keys, cells, strict=True)]
+        text = "".join(["{" + ",".join(row) + "}\n" for row in zip(*members, strict=True)])
+        return _utf8(text, self.columns, cells)
+
+
+class CsvEncoder(BatchEncoder):
+    """CRLF-ended records; lists as JSON text, formula-like cells prefixed with ``'`` (the header is the writer's)."""
+
+    def _encode(self, cells: Sequence[Sequence[Cell]]) -> bytes:
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerows(zip(*[_mapped(values, _csv_cell) for values in cells], strict=True))
+        return _utf8(buffer.getvalue(), self.columns, cells)
+
+
+class ParquetEncoder(BatchEncoder):
+    """An Arrow record batch of the extract's schema."""
+
+    def __init__(self, columns: Sequence[Column]) -> None:
+        super().__init__(columns)
+        self.schema = pa.schema([pa.field(c.name, pa.list_(pa.string()) if c.is_list else pa.string()) for c in self.columns])
+
+    def _encode(self, cells: Sequence[Sequence[Cell]]) -> pa.RecordBatch:
+        try:
+            arrays = [pa.array(values, type=field.type) for values, field in zip(cells, self.schema, strict=True)]
+        except UnicodeEncodeError:
+            raise _unencodable(self.columns, cells) from None
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+class ExtractWriter(ABC):
+    """Writes batches of rows in one format; ``close`` finishes the format and returns what was written."""
+
+    def __init__(self, encode: BatchEncoder, out: ByteSink) -> None:
+        self.encode = encode
+        self.columns = encode.columns
         self._tee = _HashingTee(out)
         self._rows = 0
         self._written: Written | None = None
 
     def write(self, rows: Sequence[Row]) -> None:
         """Append a batch; a batch with a bad row is refused whole (``ValueError``) and writes nothing."""
-        if self._written is not None:
-            raise ValueError("the extract writer is closed")
-        if not rows:
-            return
-        self._write(_columns(self.columns, rows), len(rows))
-        self._rows += len(rows)
+        self._open()
+        self.write_encoded(self.encode(rows))
+
+    def write_encoded(self, batch: Encoded) -> None:
+        """Append a batch this writer's ``encode`` (or an encoder of the same format and columns) encoded."""
+        self._open()
+        if batch.rows:
+            self._append(batch)
+            self._rows += batch.rows
 
     def close(self) -> Written:
         """Finish the format (idempotent); ``out`` is neither flushed nor closed."""
@@ -155,9 +226,13 @@ class ExtractWriter(ABC):
             self._written = Written(rows=self._rows, size=self._tee.size, sha256=self._tee.hexdigest())
         return self._written
 
+    def _open(self) -> None:
+        if self._written is not None:
+            raise ValueError("the extract writer is closed")
+
     @abstractmethod
-    def _write(self, cells: Sequence[Sequence[Cell]], count: int) -> None:
-        """Take a checked batch of ``count`` rows, given by column; raise before writing anything."""
+    def _append(self, batch: Encoded) -> None:
+        """Take an encoded, non-empty batch."""
 
     def _finish(self) -> None:
         return None
@@ -167,76 +242,96 @@ class NdjsonExtractWriter(ExtractWriter):
     """One compact JSON object per row, keys in column order."""
 
     def __init__(self, columns: Sequence[Column], out: ByteSink) -> None:
-        super().__init__(columns, out)
-        self._keys = tuple(_JSON(c.name) + ":" for c in self.columns)
+        super().__init__(NdjsonEncoder(columns), out)
 
-    def _write(self, cells: Sequence[Sequence[Cell]], count: int) -> None:
-        members = [_mapped(values, partial(_json_member, key)) for key, values in zip(self._keys, cells, strict=True)]
-        text = "".join(["{" + ",".join(row) + "}\n" for row in zip(*members, strict=True)])
-        self._tee.write(_utf8(text, self.columns, cells))
+    def _append(self, batch: Encoded) -> None:
+        self._tee.write(_encoded_bytes(batch))
 
 
 class CsvExtractWriter(ExtractWriter):
     """A header, then one CRLF-ended record per row; lists as JSON text, formula-like cells prefixed with ``'``."""
 
     def __init__(self, columns: Sequence[Column], out: ByteSink) -> None:
-        super().__init__(columns, out)
+        super().__init__(CsvEncoder(columns), out)
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow([c.name for c in self.columns])
         self._tee.write(buffer.getvalue().encode())
 
-    def _write(self, cells: Sequence[Sequence[Cell]], count: int) -> None:
-        buffer = io.StringIO(newline="")
-        csv.writer(buffer).writerows(zip(*[_mapped(values, _csv_cell) for values in cells], strict=True))
-        self._tee.write(_utf8(buffer.getvalue(), self.columns, cells))
+    def _append(self, batch: Encoded) -> None:
+        self._tee.write(_encoded_bytes(batch))
 
 
 class ParquetExtractWriter(ExtractWriter):
-    """zstd Parquet; batches are buffered as Arrow record batches until a row group's worth is pending."""
+    """zstd Parquet in row groups of exactly ``row_group_rows`` rows (the last one smaller), whatever the batches."""
 
     def __init__(self, columns: Sequence[Column], out: ByteSink, *, row_group_rows: int = ROW_GROUP_ROWS) -> None:
-        super().__init__(columns, out)
+        encode = ParquetEncoder(columns)
+        super().__init__(encode, out)
         if row_group_rows < 1:
             raise ValueError("row_group_rows must be at least 1")
         self._row_group_rows = row_group_rows
-        self._schema = pa.schema([pa.field(c.name, pa.list_(pa.string()) if c.is_list else pa.string()) for c in self.columns])
+        self._schema = encode.schema
         self._file = pa.output_stream(pa.PythonFile(self._tee, mode="w"), buffer_size=_PARQUET_BUFFER)
         self._writer = pq.ParquetWriter(self._file, self._schema, compression="zstd")
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
 
-    def _write(self, cells: Sequence[Sequence[Cell]], count: int) -> None:
-        try:
-            arrays = [pa.array(values, type=field.type) for values, field in zip(cells, self._schema, strict=True)]
-        except UnicodeEncodeError:
-            raise _unencodable(self.columns, cells) from None
-        self._pending.append(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
-        self._pending_rows += count
+    def _append(self, batch: Encoded) -> None:
+        if not isinstance(batch.data, pa.RecordBatch) or not batch.data.schema.equals(self._schema):
+            raise ValueError("not a batch of this extract's Parquet schema")
+        self._pending.append(batch.data)
+        self._pending_rows += batch.rows
         if self._pending_rows >= self._row_group_rows:
-            self._flush()
+            self._flush(whole_groups_only=True)
 
-    def _flush(self) -> None:
-        if self._pending_rows:
-            self._writer.write_table(pa.Table.from_batches(self._pending, schema=self._schema), row_group_size=self._pending_rows)
-        self._pending.clear()
-        self._pending_rows = 0
+    def _flush(self, *, whole_groups_only: bool) -> None:
+        """Write the pending rows as row groups of ``row_group_rows`` from one contiguous table; keep a partial group unless at the end."""
+        if not self._pending_rows:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self._schema).combine_chunks()
+        size, start = self._row_group_rows, 0
+        while table.num_rows - start >= size or (not whole_groups_only and start < table.num_rows):
+            group = table.slice(start, size)
+            self._writer.write_table(group, row_group_size=group.num_rows)
+            start += group.num_rows
+        rest = table.slice(start)
+        self._pending = rest.to_batches() if rest.num_rows else []
+        self._pending_rows = rest.num_rows
 
     def _finish(self) -> None:
-        self._flush()
+        self._flush(whole_groups_only=False)
         self._writer.close()
         self._file.close()
 
 
-_WRITERS: dict[ExtractFormat, type[ExtractWriter]] = {
+_WRITERS: dict[ExtractFormat, Callable[[Sequence[Column], ByteSink], ExtractWriter]] = {
     ExtractFormat.ndjson: NdjsonExtractWriter,
     ExtractFormat.csv: CsvExtractWriter,
     ExtractFormat.parquet: ParquetExtractWriter,
 }
 
 
+_ENCODERS: dict[ExtractFormat, type[BatchEncoder]] = {
+    ExtractFormat.ndjson: NdjsonEncoder,
+    ExtractFormat.csv: CsvEncoder,
+    ExtractFormat.parquet: ParquetEncoder,
+}
+
+
 def open_writer(fmt: ExtractFormat, columns: Sequence[Column], out: ByteSink) -> ExtractWriter:
     """A writer of ``fmt`` with ``columns`` onto ``out`` (which needs only ``write``)."""
     return _WRITERS[ExtractFormat(fmt)](columns, out)
+
+
+def encoder(fmt: ExtractFormat, columns: Sequence[Column]) -> BatchEncoder:
+    """The encoder of ``fmt`` with ``columns``: what ``open_writer(fmt, columns, …).write_encoded`` appends."""
+    return _ENCODERS[ExtractFormat(fmt)](columns)
+
+
+def _encoded_bytes(batch: Encoded) -> bytes:
+    if not isinstance(batch.data, bytes):
+        raise ValueError("not a batch of this extract's text format")
+    return batch.data
 
 
 def _columns(columns: tuple[Column, ...], rows: Sequence[Row]) -> list[tuple[Cell, ...]]:
@@ -311,15 +406,21 @@ def _unencodable(columns: tuple[Column, ...], cells: Sequence[Sequence[Cell]]) -
 
 __all__ = [
     "ROW_GROUP_ROWS",
+    "BatchEncoder",
     "ByteSink",
     "Cell",
     "Column",
+    "CsvEncoder",
     "CsvExtractWriter",
+    "Encoded",
     "ExtractFormat",
     "ExtractWriter",
+    "NdjsonEncoder",
     "NdjsonExtractWriter",
+    "ParquetEncoder",
     "ParquetExtractWriter",
     "Row",
     "Written",
+    "encoder",
     "open_writer",
 ]

@@ -92,6 +92,7 @@ treatments = Table(
     *_data_columns(dm.Table.treatments),
     Index(None, "member_id", "performed_at"),
     Index(None, "clinic_id", "performed_at"),
+    Index(None, "member_id", "category", "performed_at"),  # covers an extract's treatment counts by category
 )
 
 ledger_entries = Table(
@@ -104,6 +105,7 @@ ledger_entries = Table(
     _ts("created_at"),
     *_data_columns(dm.Table.ledger_entries),
     Index(None, "member_id", "seq", unique=True),
+    Index(None, "member_id", "entry_type", "occurred_at"),  # an extract's spends of the last 12 months
 )
 
 field_history = Table(

@@ -1,0 +1,138 @@
+"""The extract's second pass: spooled profiles → released rows, encoded for the writer, with their members and row digests.
+
+Once the plan is known, ``Releaser.release`` takes one chunk of the first
+pass's spool (JSON lines ``[member id, pseudonym, qi, sensitive, plain]`` in
+member id order) and returns a ``ReleasedChunk``: the released rows encoded
+for the extract's format (``writers.encoder``), the included member ids in
+order, and each row's keyed digest. Per row, in order:
+
+* ``Plan.release`` generalizes the quasi-identifiers and withholds the
+  sensitive values of a class that is not l-diverse; a row of a suppressed
+  class is dropped;
+* ``rfm``'s M digit is masked (``M*``) unless ``spend_band`` is released at
+  its finest level, so ``rfm`` cannot undo the generalization;
+* the row's digest (``RowMac``: HMAC-SHA256 under a key derived per consumer
+  and epoch, 128 bits, hex, over the row's compact JSON) is taken;
+* for an incremental extract (``since``), a row is kept only if its digest
+  differs from the one of the latest extract of the epoch up to ``since``
+  that held the member (``held_before``): what the consumer holds.
+
+A chunk's result depends on the chunk alone, so chunks can be released in any
+process (``vault.extracts._workers``) and their results appended in spool
+order: the same bytes as one process writes. What a worker is sent
+(``Releasing``) holds the plan (labels and released classes, no member's
+value), names and settings, never a key: a worker derives the digest key from
+the pseudonym root key it reads itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, select
+
+from keys.derive import derive_key
+from vault.extracts import hierarchies as hi
+from vault.extracts.anonymity import Plan
+from vault.extracts.profiling import hashable
+from vault.extracts.writers import BatchEncoder, Encoded
+from vault.storage.schema import extract_members, extracts
+
+OutRow = tuple[str | tuple[str, ...] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Releasing:
+    """What the second pass applies to every chunk (pickled to worker processes: no key, no member's value)."""
+
+    plan: Plan
+    plain_names: tuple[str, ...]  # the released plain attributes, in column order
+    encode: BatchEncoder
+    consumer_id: str
+    epoch: int
+    since: str | None  # incremental: the base extract
+
+    @property
+    def mask_rfm(self) -> bool:
+        return "rfm" in self.plain_names and self.plan.generalization.get("spend_band") != hi.hierarchy("spend_band").levels[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasedChunk:
+    encoded: Encoded
+    member_ids: tuple[str, ...]  # the rows' members, in order
+    row_macs: tuple[str, ...]  # the rows' digests, in order
+
+
+class RowMac:
+    """A keyed digest of a released row (128 bits, hex), per consumer and epoch: compares rows across extracts without keeping them."""
+
+    def __init__(self, root: bytes, consumer_id: str, epoch: int) -> None:
+        self._key = derive_key(root, f"extract-rows/{consumer_id}/epoch-{epoch}")
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def __call__(self, row: OutRow) -> str:
+        return hmac.digest(self._key, self._encode(row).encode("utf-8"), hashlib.sha256).hex()[:32]
+
+
+class Releaser:
+    """The second pass over one chunk at a time, in whichever process holds the chunk."""
+
+    def __init__(self, job: Releasing, pseudonym_root: bytes, engine: Engine) -> None:
+        self._job = job
+        self._mask_rfm = job.mask_rfm
+        self._row_mac = RowMac(pseudonym_root, job.consumer_id, job.epoch)
+        self._engine = engine  # read only for an incremental extract's held digests
+
+    def release(self, chunk: bytes) -> ReleasedChunk:
+        job, mask_rfm, release, plain_names = self._job, self._mask_rfm, self._job.plan.release, self._job.plain_names
+        ids: list[str] = []
+        rows: list[OutRow] = []
+        for line in chunk.decode("utf-8").splitlines():
+            member_id, pseudonym, qi, sensitive, plain = json.loads(line)
+            released = release(tuple(qi), None if sensitive is None else tuple(hashable(v) for v in sensitive))
+            if released is None:
+                continue
+            if mask_rfm and plain.get("rfm"):
+                plain["rfm"] = plain["rfm"][:-1] + "*"
+            hidden = tuple(hashable(v) for v in released.sensitive or ())
+            ids.append(member_id)
+            rows.append((pseudonym, *released.qi, *hidden, *(hashable(plain.get(n)) for n in plain_names)))
+        macs = [self._row_mac(row) for row in rows]
+        if job.since is not None and ids:
+            with self._engine.connect() as conn:
+                held = held_before(conn, job, ids)
+            keep = [i for i, member_id in enumerate(ids) if held.get(member_id) != macs[i]]
+            ids, rows, macs = [ids[i] for i in keep], [rows[i] for i in keep], [macs[i] for i in keep]
+        return ReleasedChunk(job.encode(rows), tuple(ids), tuple(macs))
+
+
+def held_before(conn: Connection, job: Releasing, member_ids: Sequence[str]) -> dict[str, str]:
+    """For each member, the row digest of the last extract up to ``job.since`` (same consumer and epoch) that held them.
+
+    An incremental extract's consumer has applied every extract of the epoch up
+    to its base, in order: what it holds for a member is what the latest of
+    them released.
+    """
+    e, m = extracts.c, extract_members.c
+    base = select(e.created_at).where(e.extract_id == job.since).scalar_subquery()
+    rows = conn.execute(
+        select(m.member_id, m.row_mac)
+        .join(extracts, e.extract_id == m.extract_id)
+        .where(
+            e.consumer_id == job.consumer_id,
+            e.epoch == job.epoch,
+            e.status == "done",
+            e.created_at <= base,
+            m.member_id.in_(list(member_ids)),
+        )
+        .order_by(e.created_at, e.extract_id)
+    )
+    return {str(member_id): str(mac) for member_id, mac in rows}
+
+
+__all__ = ["OutRow", "ReleasedChunk", "Releaser", "Releasing", "RowMac", "held_before"]
