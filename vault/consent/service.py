@@ -50,6 +50,7 @@ from vault.errors import ConflictError, NotFoundError, RecordIntegrityError, Val
 from vault.extracts.feed import DeletionFeed, LeftReason
 from vault.members.repository import MemberRepository
 from vault.purposes import Purpose, consent_purposes
+from vault.storage.among import among
 from vault.storage.schema import consent_events, members
 
 TABLE = "consent_events"
@@ -175,7 +176,7 @@ class ConsentService:
         t = consent_events
         last = (
             select(t.c.member_id, func.max(t.c.seq).label("seq"))
-            .where(t.c.purpose == purpose.value, t.c.member_id.in_(list(member_ids)))
+            .where(t.c.purpose == purpose.value, among(conn.dialect, t.c.member_id, member_ids))
             .group_by(t.c.member_id)
             .subquery()
         )

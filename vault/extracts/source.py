@@ -30,14 +30,13 @@ store and member repository.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Connection, Dialect, LargeBinary, Row, String, and_, bindparam, case, func, literal_column, select, type_coerce
+from sqlalchemy import ColumnElement, Connection, Dialect, LargeBinary, Row, String, and_, bindparam, case, func, select, type_coerce
 
 from keys.errors import KeyNotFoundError
 from keys.field_cipher import FieldCipher
@@ -49,6 +48,7 @@ from vault.data_requests.model import RequestType, Status
 from vault.extracts.profile import MemberFacts
 from vault.members import MemberRepository
 from vault.purposes import Purpose
+from vault.storage.among import among
 from vault.storage.schema import data_requests, ledger_entries, members, treatments
 
 YEAR = timedelta(days=365)
@@ -118,7 +118,7 @@ class ProfileSource:
                 yield []
                 continue
             chosen = sorted(eligible)
-            rows = conn.execute(select(*columns).where(_among(conn.dialect, m.member_id, chosen), m.erased_at.is_(None)).order_by(m.member_id)).all()
+            rows = conn.execute(select(*columns).where(among(conn.dialect, m.member_id, chosen), m.erased_at.is_(None)).order_by(m.member_id)).all()
             yield self._batch_rows(conn, rows, wanted, [str(r[0]) for r in rows], want_health=want_health, now=now)
 
     def _batch_rows(
@@ -164,16 +164,9 @@ class _Sealed(LargeBinary):
 _SEALED = _Sealed()
 
 
-def _among(dialect: Dialect, column: ColumnElement[str], ids: Sequence[str]) -> ColumnElement[bool]:
-    """``column`` is one of ``ids``, with the ids as one bound value (the statement compiles once, whatever their number)."""
-    if dialect.name == "postgresql":
-        return column == func.any(bindparam("ids", list(ids), type_=ARRAY(String)))
-    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam("ids", json.dumps(list(ids)), type_=String))).scalar_subquery())
-
-
 def _restricted(conn: Connection, ids: list[str]) -> set[str]:
     d = data_requests.c
-    stmt = select(d.member_id).where(_among(conn.dialect, d.member_id, ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
+    stmt = select(d.member_id).where(among(conn.dialect, d.member_id, ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
     return {str(m) for m in conn.scalars(stmt)}
 
 
@@ -191,7 +184,7 @@ def _visits(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, 
         last_moment = type_coerce(last_moment, String)
     found: dict[str, tuple[int, date | None, dict[str, int]]] = {}
     for member_id, category, count, last in conn.execute(
-        select(t.member_id, t.category, recent, last_moment).where(_among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
+        select(t.member_id, t.category, recent, last_moment).where(among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
     ).all():
         total, latest, by_category = found.get(member_id, (0, None, {}))
         day = None if last is None else date.fromisoformat(last[:10]) if isinstance(last, str) else _day(last)
@@ -214,7 +207,7 @@ class _Money:
 def _ledger(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, _Money]:
     e = ledger_entries.c
     found: dict[str, _Money] = defaultdict(_Money)
-    latest = select(e.member_id, func.max(e.seq).label("seq")).where(_among(conn.dialect, e.member_id, ids)).group_by(e.member_id).subquery()
+    latest = select(e.member_id, func.max(e.seq).label("seq")).where(among(conn.dialect, e.member_id, ids)).group_by(e.member_id).subquery()
     for member_id, entry_id, version, sealed in conn.execute(
         select(e.member_id, e.entry_id, e.key_version, type_coerce(e.balance_after, _SEALED)).join(
             latest, and_(e.member_id == latest.c.member_id, e.seq == latest.c.seq)
@@ -223,7 +216,7 @@ def _ledger(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, 
         found[member_id].last = (entry_id, version, sealed)
     for member_id, entry_id, version, sealed in conn.execute(
         select(e.member_id, e.entry_id, e.key_version, type_coerce(e.amount, _SEALED)).where(
-            _among(conn.dialect, e.member_id, ids), e.entry_type == "spend", e.occurred_at >= since
+            among(conn.dialect, e.member_id, ids), e.entry_type == "spend", e.occurred_at >= since
         )
     ).all():
         found[member_id].spends.append((entry_id, version, sealed))
