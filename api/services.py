@@ -79,6 +79,8 @@ class Services:
     feed: DeletionFeed
     extracts: ExtractRunner
     extract_jobs: ExtractJobs
+    # One per process: it keeps the horizon below which the journal is known to be sequenced (audit.sequencer).
+    sequencer: Sequencer
 
     @contextmanager
     def unit(self) -> Iterator[Connection]:
@@ -144,6 +146,7 @@ def build(settings: Settings) -> Services:
             feed=feed,
             extracts=extracts,
             extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
+            sequencer=Sequencer(runtime.data_engine),
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it
@@ -210,7 +213,7 @@ class AuditPump:
 
     @staticmethod
     def pump(services: Services) -> None:
-        Sequencer(services.runtime.data_engine).run_until_idle()
+        services.sequencer.run_until_idle()
         make_checkpointer(services.settings, services.runtime.data_engine, services.runtime.signing).maybe_make()
         finish_erasures(services)
         services.extract_jobs.sweep(datetime.now(UTC))

@@ -29,6 +29,12 @@ runs look only above it:
 - SQLite: the largest journal id at the run — under the write lock no other
   transaction is open, and a later entry's id (the rowid) is always larger.
 
+A run that took a full batch (``max_batch`` entries, more may wait) also
+moves the horizon on SQLite, to the last journal id it took: entries are
+taken in journal-id order from the horizon on, so all below that one are
+sequenced. Without it every full batch rescanned the journal from the
+horizon, sequenced entries included.
+
 A new ``Sequencer`` starts without a horizon and looks at the whole journal
 once, so keep one per process.
 """
@@ -86,10 +92,17 @@ class Sequencer:
                 conn.execution_options(**{_SQLITE_IMMEDIATE: True})
             with conn.begin():
                 next_horizon = self._lock(conn)
-                count = self._sequence(conn, horizon, max_batch, sequenced_at)
+                count, last_taken = self._sequence(conn, horizon, max_batch, sequenced_at)
         if count < max_batch:
+            advanced: int | None = next_horizon
+        else:
+            # A full batch: on SQLite the entries were taken in journal-id order from the horizon on, with no other
+            # transaction open, so every entry up to the last one taken is sequenced. (PostgreSQL's horizon is a
+            # transaction id, which a partial batch cannot establish.)
+            advanced = None if self._postgres else last_taken
+        if advanced is not None:
             with self._horizon_lock:
-                self._horizon = max(self._horizon or 0, next_horizon)
+                self._horizon = max(self._horizon or 0, advanced)
         return count
 
     def _lock(self, conn: Connection) -> int:
@@ -109,12 +122,13 @@ class Sequencer:
             return no_leaf & or_(audit_journal.c.xact_id.is_(None), audit_journal.c.xact_id >= horizon)
         return no_leaf & (audit_journal.c.journal_id > horizon)
 
-    def _sequence(self, conn: Connection, horizon: int | None, max_batch: int, sequenced_at: datetime) -> int:
+    def _sequence(self, conn: Connection, horizon: int | None, max_batch: int, sequenced_at: datetime) -> tuple[int, int | None]:
+        """Sequence up to ``max_batch`` waiting entries; return how many, and the journal id of the last one."""
         size = tree_size(conn)
         stmt = select(audit_journal.c.journal_id, audit_journal.c.leaf).where(self._waiting(horizon)).order_by(audit_journal.c.journal_id).limit(max_batch)
         entries = conn.execute(stmt).all()
         if not entries:
-            return 0
+            return 0, None
         compact = read_nodes(conn, lambda get: CompactRange.from_stored(size, get))
         leaves: list[tuple[object, ...]] = []
         nodes: list[Node] = []
@@ -124,7 +138,7 @@ class Sequencer:
             nodes.extend(compact.append(digest))
         _INSERT_LEAVES.run(conn, leaves)
         _INSERT_NODES.run(conn, [(n.level, n.index, n.hash) for n in nodes])
-        return len(entries)
+        return len(entries), int(entries[-1][0])
 
 
 __all__ = ["SEQUENCER_LOCK_KEY", "Sequencer"]

@@ -41,7 +41,6 @@ from audit import queries, store
 from audit.checkpoints import Checkpointer, PublishedCheckpoint, audit_checkpoints
 from audit.errors import AuditStoreError, CursorError, ProofRangeError
 from audit.merkle import leaf_hash
-from audit.sequencer import Sequencer
 from vault.access import Access, Refusal, Target
 from vault.errors import ValidationError
 from vault.extracts.records import Holding, held_by_events, holdings
@@ -285,7 +284,7 @@ def _first_checkpoint(services: Services, now: datetime) -> Checkpointer:
     with engine.connect() as conn:
         made = conn.execute(select(audit_checkpoints.c.checkpoint_id).limit(1)).first() is not None
     if not made:
-        Sequencer(engine).run_until_idle(now=now)
+        services.sequencer.run_until_idle(now=now)
         checkpointer.make(now=now)
     return checkpointer
 

@@ -39,7 +39,6 @@ from api.services import Services
 from audit import queries
 from audit.event import Decision
 from audit.queries import MAX_LIMIT
-from audit.sequencer import Sequencer
 from keys.models import MemberKeyRow
 from keys.rotation import rotate_kek
 from keys.signing import SigningPurpose
@@ -103,7 +102,7 @@ def rotation_job(
     request_id: RequestIdDep,
     now: NowDep,
 ) -> Response:
-    Sequencer(services.runtime.data_engine).run_until_idle(now=now)  # the job's event gets its leaf, so the audit queries list it
+    services.sequencer.run_until_idle(now=now)  # the job's event gets its leaf, so the audit queries list it
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "keys:metadata", "read", request_id=request_id, now=now)
         result = services.gatekeeper.perform(conn, access, Target("read", "key_job", job_id), allowed, lambda: _job(conn, job_id))

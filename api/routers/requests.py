@@ -36,7 +36,6 @@ from api.runtime import make_checkpointer
 from api.schemas.requests import ErasureCertificate, RequestFile, RequestFiled, RequestOut, RequestPage, TransitionIn
 from api.services import Services
 from audit.errors import AuditStoreError
-from audit.sequencer import Sequencer
 from keys.errors import KeysError
 from keys.signing import SigningPurpose
 from vault.access import Access, Refusal
@@ -232,7 +231,7 @@ def export_archive(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, se
         refuse(ticket, access)
     # The export's own event is committed: sequence it and sign a checkpoint, so the archive's access log proves it too.
     engine = services.runtime.data_engine
-    Sequencer(engine).run_until_idle(now=now)
+    services.sequencer.run_until_idle(now=now)
     checkpointer = make_checkpointer(services.settings, engine, services.runtime.signing)
     checkpointer.make(now=now)
     settings = services.settings
