@@ -14,8 +14,8 @@ process, and release both when the transaction ends (the DBAPI connection's
 ``commit`` or ``rollback``). SQLite's busy handler waits by sleeping in
 growing steps (up to 100 ms) however soon the lock frees, so a process whose
 writers keep the lock busy starved the others; threads queued on a Python
-lock are woken at once, and a process polling the lock file within half a
-millisecond. The lock file only orders the vault's writers; SQLite's own
+lock are woken at once, and a process waiting for the lock file as soon as
+the kernel grants it. The lock file only orders the vault's writers; SQLite's own
 lock still guards every write, and other programs writing the database are
 arbitrated by it and the busy timeout.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -43,37 +44,85 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_IMMEDIATE = "sqlite_immediate"
 
 
+class _Grant:
+    """One writer's request for the lock file, settled by the waiter thread (granted) or given up by the writer (abandoned)."""
+
+    __slots__ = ("abandoned", "granted", "lock", "ready")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.granted = False
+        self.abandoned = False
+
+
+def _wait_for_lock_file(fd: int, requests: queue.SimpleQueue[_Grant | None]) -> None:
+    """The waiter thread: takes the lock file for each request in turn, blocking in ``flock`` (no polling, no GIL held)."""
+    while (grant := requests.get()) is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # the file was closed under it (the engine is gone): nobody can still be waiting
+            return
+        with grant.lock:
+            if grant.abandoned:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                continue
+            grant.granted = True
+        grant.ready.set()
+
+
+def _close_lock_file(fd: int, requests: queue.SimpleQueue[_Grant | None]) -> None:
+    requests.put(None)
+    os.close(fd)
+
+
 class _WriterFile:
     """The lock file beside a SQLite database (``<file>-writer.lock``) that the vault's writers of every process queue on.
 
-    ``flock`` is tried without blocking and then polled in short, growing
-    pauses (50 µs up to 0.5 ms) until the busy timeout: a waiter in another
-    process gets the lock within half a millisecond of its release, where
-    SQLite's own busy handler sleeps 1, 2, 5, 10 … up to 100 ms. Writers that
-    do not use this engine (the sqlite3 shell, another program) are still
-    arbitrated by SQLite's lock. A process that dies releases it with its file.
+    A writer first tries ``flock`` without blocking; if another process holds
+    it, the engine's waiter thread blocks in ``flock`` on the writer's behalf
+    and hands it over the moment the kernel grants it, while the writer waits
+    up to the busy timeout (then it gives up with "database is locked", as
+    SQLite would, and a lock granted later is let go at once). SQLite's own
+    busy handler instead sleeps 1, 2, 5, 10 … up to 100 ms however soon the
+    lock frees. A process that dies releases the lock with its file.
     """
 
     def __init__(self, database: str) -> None:
         self._fd = os.open(database + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        weakref.finalize(self, os.close, self._fd)  # closed once no engine or connection refers to it
+        self._requests: queue.SimpleQueue[_Grant | None] = queue.SimpleQueue()
+        self._waiter: threading.Thread | None = None
+        self._start = threading.Lock()
+        # The waiter thread holds the descriptor and the queue, never this object: once no engine or connection refers to
+        # it, the thread is told to stop and the descriptor is closed.
+        weakref.finalize(self, _close_lock_file, self._fd, self._requests)
 
     def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(pause)
-                pause = min(pause * 2, 0.0005)
-            else:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return True
+        grant = _Grant()
+        self._ensure_waiter()
+        self._requests.put(grant)
+        if grant.ready.wait(timeout):
+            return True
+        with grant.lock:
+            if grant.granted:  # granted just as the wait ended
                 return True
+            grant.abandoned = True
+        return False
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _ensure_waiter(self) -> None:
+        with self._start:
+            if self._waiter is None:
+                self._waiter = threading.Thread(target=_wait_for_lock_file, args=(self._fd, self._requests), name="sqlite-writer-lock", daemon=True)
+                self._waiter.start()
 
 
 class _SerializedWriters(sqlite3.Connection):
