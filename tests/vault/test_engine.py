@@ -124,3 +124,30 @@ def test_a_writer_of_another_engine_waits_for_the_lock_file_and_gives_up_as_lock
         assert conn.execute(text("SELECT n FROM t ORDER BY n")).scalars().all() == [1, 2]
     first.dispose()
     second.dispose()
+
+
+def test_a_writer_of_another_engine_gets_the_lock_file_as_soon_as_it_is_let_go(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    first, second = make_engine(url), make_engine(url)
+    with first.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    waiting, done = threading.Event(), threading.Event()
+
+    def write_second() -> None:
+        waiting.set()
+        with write_transaction(second) as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+        done.set()
+
+    writer = threading.Thread(target=write_second)
+    with write_transaction(first) as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        writer.start()
+        assert waiting.wait(10)
+        assert not done.wait(0.2)  # it waits for the lock file while the first engine's transaction is open
+    writer.join(10)
+    assert done.is_set()
+    with first.connect() as conn:
+        assert conn.execute(text("SELECT n FROM t ORDER BY n")).scalars().all() == [1, 2]
+    first.dispose()
+    second.dispose()
