@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -89,6 +89,26 @@ class FieldCipher:
             raise ValueError("random source returned a short nonce")
         return self._header + nonce + self._aead.encrypt(nonce, plaintext, where.aad(self.key_version))
 
+    def encrypt_record(self, table: str, record_id: str, fields: Sequence[str], plaintexts: Sequence[bytes]) -> list[bytes]:
+        """Encrypt several fields of one record (bulk writers): ``encrypt`` of each under ``FieldContext(table, record_id, field)``.
+
+        The nonces, one fresh 96-bit nonce per field as in ``encrypt``, are drawn
+        from the random source in one call; the record's part of the associated
+        data is built once.
+        """
+        if len(fields) != len(plaintexts):
+            raise ValueError("one plaintext per field")
+        nonces = self._random(NONCE_BYTES * len(fields))
+        if len(nonces) != NONCE_BYTES * len(fields):
+            raise ValueError("random source returned a short nonce")
+        record = record_id.encode()
+        prefix, suffix = _aad_table(table) + _U16.pack(len(record)) + record, _U32.pack(self.key_version)
+        header, seal = self._header, self._aead.encrypt
+        return [
+            header + nonce + seal(nonce, plaintext, prefix + _aad_field(field) + suffix)
+            for nonce, field, plaintext in zip(_split(nonces), fields, plaintexts, strict=True)
+        ]
+
     def decrypt(self, ciphertext: bytes, where: FieldContext) -> bytes:
         # The header is public: a plain comparison leaks nothing.
         if len(ciphertext) < _OVERHEAD or ciphertext[: _HEADER.size] != self._header:
@@ -98,6 +118,10 @@ class FieldCipher:
             return self._aead.decrypt(ciphertext[_HEADER.size : _BODY], ciphertext[_BODY:], where.aad(self.key_version))
         except InvalidTag:
             raise DecryptionError from None
+
+
+def _split(nonces: bytes) -> list[bytes]:
+    return [nonces[at : at + NONCE_BYTES] for at in range(0, len(nonces), NONCE_BYTES)]
 
 
 def read_header(ciphertext: bytes) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from keys.rotation import rotate_kek
 from vault.clients import ROOT_KEY as CLIENT_SECRETS_ROOT
 from vault.clients import ClientRegistry
 from vault.consent import ConsentService, ConsentState, NoticeBook
-from vault.demo import DEMO_CHANNELS, ConsentSeedReport, seed_consents, seed_consumers, seed_members_parallel
+from vault.demo import DEMO_CHANNELS, ConsentSeedReport, SeedWorkerError, seed_consents, seed_consumers, seed_members_parallel
 from vault.errors import VaultError
 from vault.extracts.consumers import ConsumerRegistry
 from vault.storage.engine import write_transaction
@@ -86,7 +86,7 @@ def demo_seed(
     members_: Annotated[int, typer.Option("--members", min=1, max=10_000_000, help="How many members to create.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the deterministic generator.")] = 1,
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing if the vault already has members.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=0, max=32, help="Worker processes; 0: one per CPU, at most 4.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=32, help="Processes seeding members, this one included; 0: one per CPU, at most 4.")] = 0,
 ) -> None:
     """Create synthetic members with treatments, card-ledger entries and consent histories.
 
@@ -105,14 +105,17 @@ def demo_seed(
         consent = ConsentService(rt.members, NoticeBook(), grace=timedelta(days=rt.settings.consent_grace_days))
         with _progress() as bar:
             task = bar.add_task("seeding members", total=members_)
-            report = seed_members_parallel(
-                functools.partial(open_runtime, rt.settings),
-                count=members_,
-                seed=seed,
-                now=now,
-                workers=workers or min(4, os.cpu_count() or 1),
-                progress=lambda n: bar.update(task, completed=n),
-            )
+            try:
+                report = seed_members_parallel(
+                    functools.partial(open_runtime, rt.settings),
+                    count=members_,
+                    seed=seed,
+                    now=now,
+                    workers=workers or min(4, os.cpu_count() or 1),
+                    progress=lambda n: bar.update(task, completed=n),
+                )
+            except SeedWorkerError as exc:
+                _fail(f"seeding failed: {exc}")  # the worker's error class only, never a value
             consent_task = bar.add_task("seeding consents", total=report.members)
             consents = seed_consents(
                 rt.data_engine, consent, rt.members, report.member_ids, seed=seed, now=now, progress=lambda n: bar.update(consent_task, completed=n)

@@ -148,7 +148,7 @@ def bench_rewrap(settings: Settings, n_keys: int) -> dict[str, float]:
 
 
 def bench_seed(root: Path, members: int, workers: int) -> dict[str, float]:
-    """Seeding rate, as `vaultctl demo seed` runs it (worker processes), and in one process."""
+    """Seeding rate, as `vaultctl demo seed` runs it (``workers`` processes: this one and spawned ones), and in one process."""
     parallel = _fresh(root, "seed-parallel")
     start = time.perf_counter()
     seed_members_parallel(functools.partial(open_runtime, parallel), count=members, seed=5, now=datetime.now(UTC), workers=workers)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {rw['ratio']:.2f}× | ≥ 70,000 keys/s |\n"
     )
     out.write(
-        f"| demo seed, {int(sd['members'])} members (SQLite) | {sd['members_per_s']:,.0f} members/s ({int(sd['workers'])} workers) "
+        f"| demo seed, {int(sd['members'])} members (SQLite) | {sd['members_per_s']:,.0f} members/s ({int(sd['workers'])} processes) "
         f"| {sd['single_per_s']:,.0f} members/s (one process) | — | ≥ 2,000 members/s |\n"
     )
     return 0
