@@ -159,9 +159,11 @@ class GroupCommit:
 
 
 def _fail(group: list[_Ticket], failure: AuditStoreError) -> None:
+    """Refuse every ticket of the group not already refused, each with an exception of its own (each is raised in its own thread)."""
     for ticket in group:
         if ticket.error is None:
-            ticket.error = failure
+            ticket.error = AuditStoreError(*failure.args)
+            ticket.error.__cause__ = failure.__cause__
 
 
 __all__ = ["DEFAULT_MAX_GROUP", "Begin", "GroupCommit"]

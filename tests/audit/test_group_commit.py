@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Connection, Engine, String, func, select
+from sqlalchemy.exc import DBAPIError
 
 from audit.errors import AuditStoreError
 from audit.event import Actor, AuditEvent
@@ -142,6 +143,8 @@ def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events
         error = outcome[i]
         assert isinstance(error, AuditStoreError), i
         assert str(error) == "the audit journal could not be written"
+        assert isinstance(error.__cause__, DBAPIError)  # the database's refusal, chained (its message is never shown)
+    assert len({id(outcome[i]) for i in range(6)}) == 6  # one exception per request: each is raised in its own thread
     assert _request_ids(engine) == []
     with engine.connect() as conn:  # the failure does not stick: the next event leads and commits
         group.commit(conn, sample_event(7))
