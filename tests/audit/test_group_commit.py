@@ -177,7 +177,7 @@ def test_an_interrupted_leader_leaves_no_request_believing_its_event_durable(eng
     """Even an exception that is not an ``Exception`` (an interrupt) inside the group's transaction refuses the whole group."""
 
     class Interrupt(BaseException):
-        pass
+        """Like KeyboardInterrupt: not an ``Exception``."""
 
     calls = {"n": 0}
 

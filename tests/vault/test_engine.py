@@ -88,12 +88,14 @@ def test_writers_of_every_process_queue_on_the_lock_file_for_exactly_their_trans
         conn.execute(text("INSERT INTO t VALUES (1)"))
         assert not _file_lock_is_free(lock_file)
     assert _file_lock_is_free(lock_file)  # released at commit
-    try:
+
+    def write_then_fail() -> None:
         with write_transaction(engine) as conn:
             conn.execute(text("INSERT INTO t VALUES (2)"))
             raise RuntimeError("roll back")
-    except RuntimeError:
-        pass
+
+    with pytest.raises(RuntimeError, match="roll back"):
+        write_then_fail()
     assert _file_lock_is_free(lock_file)  # released at rollback
     held = engine.connect()
     held.execution_options(**{SQLITE_IMMEDIATE: True})
@@ -116,8 +118,8 @@ def test_a_writer_of_another_engine_waits_for_the_lock_file_and_gives_up_as_lock
     monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
     with write_transaction(first) as conn:
         conn.execute(text("INSERT INTO t VALUES (1)"))
-        with pytest.raises(OperationalError, match="database is locked"), write_transaction(second):
-            pass
+        with pytest.raises(OperationalError, match="database is locked"), write_transaction(second) as refused:
+            refused.execute(text("INSERT INTO t VALUES (3)"))  # never reached: the transaction cannot begin
     with write_transaction(second) as conn:  # free again once the first committed
         conn.execute(text("INSERT INTO t VALUES (2)"))
     with first.connect() as conn:

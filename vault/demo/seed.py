@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
-from typing import Protocol
 
 from faker import Faker
 from sqlalchemy import Column, Connection, Engine, Table
@@ -46,6 +45,7 @@ from vault.demo import catalog
 from vault.ids import new_id
 from vault.members import MemberRepository
 from vault.members.clinics import LinkVia
+from vault.opener import Opener
 from vault.storage.engine import SQLITE_IMMEDIATE
 from vault.storage.schema import blind_index, ledger_entries, member_clinics, members, treatments
 from vault.treatments import retention_year
@@ -66,18 +66,6 @@ class SeedReport:
     treatments: int
     ledger_entries: int
     member_ids: tuple[str, ...]
-
-
-class SeedTarget(Protocol):
-    """What a seeding worker opens: the data engine, the key store and the member repository."""
-
-    @property
-    def data_engine(self) -> Engine: ...
-    @property
-    def keys(self) -> MemberKeys: ...
-    @property
-    def members(self) -> MemberRepository: ...
-    def close(self) -> None: ...
 
 
 def seed_members(
@@ -232,7 +220,7 @@ def _bulk_loading(conn: Connection) -> Iterator[None]:
 
 
 def seed_members_parallel(
-    opener: Callable[[], SeedTarget],
+    opener: Opener,
     *,
     count: int,
     seed: int,
@@ -318,7 +306,7 @@ def _claimed(claims: Synchronized[int], job: _Job, processes: int) -> Iterator[l
         yield [(at + k) * job.batch for k in range(take)]
 
 
-def _serve(opener: Callable[[], SeedTarget], job: _Job, claims: Synchronized[int], results: multiprocessing.Queue[_Done | _Failed], processes: int) -> None:
+def _serve(opener: Opener, job: _Job, claims: Synchronized[int], results: multiprocessing.Queue[_Done | _Failed], processes: int) -> None:
     """A worker process: seed claimed batches until none is left."""
     try:
         target = opener()

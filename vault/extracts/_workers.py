@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeVar
 
-from vault.extracts.profiling import Profiled, Profiler, Profiling, WorkerTarget
+from vault.extracts.profiling import Profiled, Profiler, Profiling
 from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.releasing import ReleasedChunk, Releaser, Releasing
 from vault.extracts.source import ProfileSource, SourceSpec
+from vault.opener import Opener
 from vault.storage.engine import read_snapshot
 
 
@@ -75,7 +76,7 @@ class _Failed:
 class WorkerPool:
     """``count - 1`` spawned worker processes for one extract, with this process as the ``count``-th."""
 
-    def __init__(self, opener: Callable[[], WorkerTarget], count: int, *, spec: SourceSpec, job: Profiling) -> None:
+    def __init__(self, opener: Opener, count: int, *, spec: SourceSpec, job: Profiling) -> None:
         context = multiprocessing.get_context("spawn")
         self._count = count
         self._stopped = False
@@ -174,7 +175,7 @@ class WorkerPool:
 
 
 def _serve(
-    opener: Callable[[], WorkerTarget],
+    opener: Opener,
     spec: SourceSpec,
     job: Profiling,
     *,

@@ -15,33 +15,14 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from sqlalchemy import Connection, Engine, bindparam, select
 
-from keys.member_keys import MemberKeys
 from vault.extracts import profile as pf
 from vault.extracts.pseudonyms import Pseudonymizer
 from vault.extracts.source import ProfileSource, SourceRow
-from vault.members import MemberRepository
 from vault.purposes import Purpose
 from vault.storage.schema import members
-
-
-class WorkerTarget(Protocol):
-    """What an extract worker process opens with the runner's ``opener``: the data engine, the key store, the member repository."""
-
-    @property
-    def data_engine(self) -> Engine: ...
-
-    @property
-    def keys(self) -> MemberKeys: ...
-
-    @property
-    def members(self) -> MemberRepository: ...
-
-    def close(self) -> None: ...
-
 
 _SPOOL_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per line (``json.dumps`` with options)
 Counted = tuple[tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None]  # a row's histogram entry: level-0 quasi-identifiers, sensitive values
@@ -127,4 +108,4 @@ def hashable(value: object) -> str | tuple[str, ...] | None:
     return None if value is None else str(value)
 
 
-__all__ = ["Counted", "Profiled", "Profiler", "Profiling", "WorkerTarget", "hashable", "id_ranges"]
+__all__ = ["Counted", "Profiled", "Profiler", "Profiling", "hashable", "id_ranges"]

@@ -65,12 +65,13 @@ from vault.extracts import profile as pf
 from vault.extracts._workers import Chunk, ExtractWorkerError, Range, Task, WorkerPool
 from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
 from vault.extracts.consumers import Consumer, ConsumerRegistry
-from vault.extracts.profiling import Profiled, Profiler, Profiling, WorkerTarget, id_ranges
+from vault.extracts.profiling import Profiled, Profiler, Profiling, id_ranges
 from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.records import heartbeat
 from vault.extracts.releasing import ReleasedChunk, Releaser, Releasing
 from vault.extracts.source import ProfileSource
 from vault.extracts.writers import Column, ExtractFormat, Written, open_writer
+from vault.opener import Opener
 from vault.storage.engine import read_snapshot, write_transaction
 from vault.storage.schema import extracts
 from vault.times import rfc3339_seconds
@@ -139,7 +140,7 @@ class ExtractRunner:
         registry: ConsumerRegistry,
         *,
         spool_dir: Path | None = None,
-        opener: Callable[[], WorkerTarget] | None = None,
+        opener: Opener | None = None,
         workers: int | None = None,
         worker_range: int = 5000,
     ) -> None:
@@ -483,5 +484,4 @@ __all__ = [
     "ExtractSigning",
     "ExtractSink",
     "ExtractWorkerError",
-    "WorkerTarget",
 ]

@@ -25,6 +25,7 @@ database that went away fails fast instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import queue
@@ -98,11 +99,8 @@ class _WriterFile:
         weakref.finalize(self, _close_lock_file, self._fd, self._requests)
 
     def acquire(self, timeout: float) -> bool:
-        try:
+        with contextlib.suppress(BlockingIOError):
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass
-        else:
             return True
         grant = _Grant()
         self._ensure_waiter()
