@@ -36,6 +36,7 @@ from api.problems import UNAUTHORIZED, ProblemError
 from api.settings import Settings
 from api.tokens import InvalidTokenError, TokenVerifier, TrustedKey, load_trusted_issuers, vault_keys
 from keys.signing import SigningKeys, SigningPurpose
+from vault.storage.readers import SqliteReader
 from vault.storage.schema import clients, revoked_tokens
 
 DEV_ISSUER = "member-vault-dev"
@@ -44,6 +45,8 @@ _REVOCATION = select(
     exists().where(revoked_tokens.c.token_id == bindparam("token_id")).label("token_revoked"),
     select(clients.c.revoked_at.is_not(None)).where(clients.c.client_id == bindparam("client_id")).scalar_subquery().label("client_revoked"),
 )
+# The same question on an embedded database, straight on the driver (positional: token id, client id).
+_REVOCATION_SQL = "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE token_id = ?), (SELECT revoked_at IS NOT NULL FROM clients WHERE client_id = ?)"
 REFRESH_SECONDS = 60.0
 MIN_REFRESH_SECONDS = 2.0
 
@@ -92,6 +95,7 @@ class Authenticator:
     def __init__(self, settings: Settings, signing: SigningKeys, data_engine: Engine, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._settings = settings
         self._engine = data_engine
+        self._sqlite = SqliteReader.of(data_engine)
         self.keys = KeySource(settings, signing)
         self._verifier = TokenVerifier(self.keys, audience=settings.audience, now=now)
         self.refusals: Counter[str] = Counter()
@@ -111,10 +115,18 @@ class Authenticator:
         own = claims.issuer in (self._settings.issuer, DEV_ISSUER)
         return Caller(claims=claims, subject=claims.subject if own else f"{claims.issuer}|{claims.subject}")
 
+    @property
+    def answers_inline(self) -> bool:
+        """True when ``authenticate`` touches no network: safe to call on the event loop (an embedded database)."""
+        return self._sqlite is not None
+
     def _revoked(self, token_id: str, client_id: str | None) -> bool:
         """One statement: is the jti revoked, and is the vault client (if any) unknown or revoked?"""
-        with self._engine.connect() as conn:
-            token_revoked, client_revoked = conn.execute(_REVOCATION, {"token_id": token_id, "client_id": client_id}).one()
+        if self._sqlite is not None:
+            token_revoked, client_revoked = self._sqlite.row(_REVOCATION_SQL, (token_id, client_id))
+        else:
+            with self._engine.connect() as conn:
+                token_revoked, client_revoked = conn.execute(_REVOCATION, {"token_id": token_id, "client_id": client_id}).one()
         unknown_or_revoked_client = client_id is not None and (client_revoked is None or bool(client_revoked))
         return bool(token_revoked) or unknown_or_revoked_client
 

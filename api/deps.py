@@ -1,10 +1,11 @@
 """FastAPI dependencies, as ``Annotated`` aliases that read naturally in a route.
 
-The short ones (headers, body parsing, the clock) are ``async``: FastAPI runs
-a sync dependency in the thread pool, one thread hop each, which costs more
-than their work. The two that touch a database — opening the services and
-the token's revocation check — are sync, so a slow database never blocks
-the event loop (and ``/healthz`` with it).
+The short ones (headers, body parsing, the clock, the services once opened)
+are ``async``: FastAPI runs a sync dependency in the thread pool, one thread
+hop each, which costs more than their work. What touches a database —
+opening the services the first time and the token's revocation check — runs
+in a worker thread, so a slow database never blocks the event loop (and
+``/healthz`` with it).
 
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route
@@ -22,28 +23,36 @@ from typing import Annotated, TypeVar
 
 import pydantic
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.body import BodyError, parse
 from api.caller import Caller
 from api.http import request_id_of
 from api.problems import BAD_REQUEST, INVALID, UNSUPPORTED_MEDIA, ProblemError
-from api.services import Services
+from api.services import ServiceHolder, Services
 from vault.break_glass import BreakGlassReason
 from vault.purposes import Purpose, statable
 
 _Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
-def _services(request: Request) -> Services:
-    holder = request.app.state.services
-    return holder.get()  # type: ignore[no-any-return]  # app.state is untyped; holder is a ServiceHolder
+async def _services(request: Request) -> Services:
+    """The opened services; only the first request of a process (or one after a failure) opens them, in a worker thread."""
+    holder: ServiceHolder = request.app.state.services
+    opened = holder.peek()
+    return opened if opened is not None else await run_in_threadpool(holder.get)
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def _caller(request: Request, services: ServicesDep) -> Caller:
-    return services.authenticator.authenticate(request.headers.get("authorization"))
+async def _caller(request: Request, services: ServicesDep) -> Caller:
+    """The verified caller, or 401. On an embedded database the whole check (signature, claims, revocation) is local."""
+    authenticator = services.authenticator
+    authorization = request.headers.get("authorization")
+    if authenticator.answers_inline:
+        return authenticator.authenticate(authorization)
+    return await run_in_threadpool(authenticator.authenticate, authorization)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
@@ -67,9 +76,10 @@ NowDep = Annotated[datetime, Depends(_now)]
 StatedPurpose = StrEnum("StatedPurpose", {p.value: p.value for p in statable()})  # type: ignore[misc]  # functional API
 
 
-async def _purpose(
-    _caller: CallerDep, x_purpose: Annotated[StatedPurpose, Header(description="why the caller reaches personal data (a purpose id)")]
-) -> Purpose:
+PurposeHeader = Annotated[StatedPurpose, Header(description="why the caller reaches personal data (a purpose id)")]
+
+
+async def _purpose(_caller: CallerDep, x_purpose: PurposeHeader) -> Purpose:
     """Missing or not a statable purpose → 400 (via the request-validation handler)."""
     return Purpose(x_purpose.value)
 
@@ -90,18 +100,48 @@ async def _optional_purpose(
 OptionalPurposeDep = Annotated[Purpose | None, Depends(_optional_purpose)]
 
 
-async def _break_glass(
-    _caller: CallerDep,
-    # Typed without ``| None`` so the schema says "one of the codes, or absent" (never the string "null").
-    x_break_glass_reason: Annotated[
-        BreakGlassReason, Header(description="break-glass reason code, for a practitioner's emergency read outside their clinics")
-    ] = None,  # type: ignore[assignment]
-) -> BreakGlassReason | None:
+# Typed without ``| None`` where used, so the schema says "one of the codes, or absent" (never the string "null").
+BreakGlassHeader = Annotated[BreakGlassReason, Header(description="break-glass reason code, for a practitioner's emergency read outside their clinics")]
+
+
+async def _break_glass(_caller: CallerDep, x_break_glass_reason: BreakGlassHeader = None) -> BreakGlassReason | None:  # type: ignore[assignment]
     """An unknown or empty reason code → 400 (via the request-validation handler)."""
     return x_break_glass_reason
 
 
 BreakGlassDep = Annotated[BreakGlassReason | None, Depends(_break_glass)]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRead:
+    """What a route reading one member's data takes from its request, solved as one dependency.
+
+    The same values as ``ServicesDep``, ``CallerDep``, ``PurposeDep``,
+    ``BreakGlassDep``, ``RequestIdDep`` and ``NowDep`` and the same order of
+    checks (401, then 400 for the headers), at a fraction of the cost: FastAPI
+    solves every dependency node of a route anew on each request, and those
+    six made thirteen.
+    """
+
+    services: Services
+    caller: Caller
+    purpose: Purpose
+    break_glass: BreakGlassReason | None
+    request_id: str
+    now: datetime
+
+
+async def _member_read(
+    request: Request,
+    caller: CallerDep,
+    x_purpose: PurposeHeader,
+    x_break_glass_reason: BreakGlassHeader = None,  # type: ignore[assignment]
+) -> MemberRead:
+    services = await _services(request)  # already opened for CallerDep: no thread hop
+    return MemberRead(services, caller, Purpose(x_purpose.value), x_break_glass_reason, request_id_of(request.scope), datetime.now(UTC))
+
+
+MemberReadDep = Annotated[MemberRead, Depends(_member_read)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +217,8 @@ __all__ = [
     "IdempotencyKeyDep",
     "JsonBody",
     "JsonBodyDep",
+    "MemberRead",
+    "MemberReadDep",
     "NoQueryDep",
     "NowDep",
     "OptionalPurposeDep",

@@ -50,8 +50,17 @@ _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz"
 
 
 def new_request_id() -> str:
-    """16 letters (~72 bits): no digit runs, so the log's allowlist never mistakes one for a number."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+    """16 letters (~72 bits): no digit runs, so the log's allowlist never mistakes one for a number.
+
+    One draw of 128 random bits, written in base 23 (the bias of the kept
+    digits is below 2**-55); a ``secrets.choice`` per letter cost 16 system calls.
+    """
+    n = secrets.randbits(128)
+    letters = []
+    for _ in range(16):
+        n, digit = divmod(n, len(_ID_ALPHABET))
+        letters.append(_ID_ALPHABET[digit])
+    return "".join(letters)
 
 
 class _TooLargeError(Exception):

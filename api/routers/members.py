@@ -12,7 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from api import problems as p
 from api.caller import Caller
 from api.decisions import member_access, operation_access, restricted
-from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBodyDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
+from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, MemberReadDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse, replay_if_retry
 from api.responses import RESTRICTED_REASON, json_response, refuse, review_queuer
 from api.schemas.members import (
@@ -110,14 +110,22 @@ def _created(stored: StoredResponse) -> Response:
 @router.get(
     "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **p.READ_ERRORS}
 )
-def read_member(
-    member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, break_glass: BreakGlassDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
-) -> Response:
+def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
+    services = r.services
     with services.reading() as conn:
         decision = member_access(
-            services, conn, caller, purpose, member_id, action="read", categories=MEMBER_CATEGORIES, request_id=request_id, now=now, break_glass=break_glass
+            services,
+            conn,
+            r.caller,
+            r.purpose,
+            member_id,
+            action="read",
+            categories=MEMBER_CATEGORIES,
+            request_id=r.request_id,
+            now=r.now,
+            break_glass=r.break_glass,
         )
-        flag = review_queuer(member_id, caller.subject, decision.break_glass, request_id, now)
+        flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
         view = services.members.read(conn, decision.access, member_id, then=flag)
     if isinstance(view, Refusal):
         refuse(view, decision.access)

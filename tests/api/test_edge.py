@@ -1,0 +1,46 @@
+"""The edge's own pieces: generated request ids, and the embedded database's driver-level reader."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from api.http import new_request_id
+from vault.storage.readers import SqliteReader
+
+_ALPHABET = set("abcdefghjkmnpqrstuvwxyz")
+
+
+def test_a_generated_request_id_is_16_letters_of_the_alphabet_and_ids_do_not_repeat() -> None:
+    ids = [new_request_id() for _ in range(5000)]
+    assert all(len(i) == 16 and set(i) <= _ALPHABET for i in ids)
+    assert len(set(ids)) == len(ids)
+    # every letter turns up in every position: no position is stuck on a few letters
+    for position in range(16):
+        assert {i[position] for i in ids} == _ALPHABET
+
+
+def test_the_reader_sees_each_commit_of_another_connection_and_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (n INTEGER)")
+    reader = SqliteReader(str(path))
+    assert reader.row("SELECT count(*) FROM t") == (0,)
+    writer.execute("INSERT INTO t VALUES (1)")
+    assert reader.row("SELECT count(*) FROM t") == (1,)
+    assert reader.rows("SELECT n FROM t") == [(1,)]
+    with pytest.raises(sqlite3.OperationalError):
+        reader.row("INSERT INTO t VALUES (2) RETURNING n")
+    with pytest.raises(LookupError):
+        reader.row("SELECT n FROM t WHERE n = 99")
+    writer.close()
+
+
+def test_only_an_sqlite_file_gets_a_reader(tmp_path: Path) -> None:
+    assert SqliteReader.of(create_engine(f"sqlite:///{tmp_path / 'x.db'}")) is not None
+    assert SqliteReader.of(create_engine("sqlite://")) is None
+    assert SqliteReader.of(create_engine("postgresql+psycopg://u@localhost/db")) is None
