@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
@@ -66,6 +68,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+DEFAULT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that passed every check: the key that verified it, its payload (for the time checks) and its claims."""
+
+    key: TrustedKey
+    payload: Mapping[str, object]
+    claims: Claims
+
+
 class TokenVerifier:
     """Verifies bearer access tokens against the keys ``key_source`` returns (``kid`` → key), asked on every call."""
 
@@ -78,6 +92,7 @@ class TokenVerifier:
         max_lifetime: timedelta = timedelta(hours=1),
         max_token_bytes: int = 4096,
         now: Callable[[], datetime] = _utc_now,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         if not audience:
             raise ValueError("audience must not be empty")
@@ -93,29 +108,65 @@ class TokenVerifier:
         self._max_lifetime = max_lifetime
         self._max_token_bytes = max_token_bytes
         self._now = now
+        if cache_size < 0:
+            raise ValueError("cache_size must not be negative")
+        self._cache_size = cache_size
+        self._verified: dict[str, _Verified] = {}
+        self._cache_lock = threading.Lock()
 
     def verify(self, token: str) -> Claims:
-        """The claims of ``token``, or :class:`InvalidTokenError`; nothing of the payload is read before the signature is verified."""
+        """The claims of ``token``, or :class:`InvalidTokenError`; nothing of the payload is read before the signature is verified.
+
+        A token verified before is not parsed and verified again while the key
+        that verified it is still the one its ``kid`` names (a key rotated out
+        or refreshed means a full check); its time claims are checked anew on
+        every call. The cache is keyed by the whole token, so only the very
+        same bytes are ever taken from it (as Envoy's JWT filter caches).
+        """
         if len(token) > self._max_token_bytes:  # characters; the alphabet check below admits only ASCII, one byte each
             raise InvalidTokenError("too_large")
+        keys = self._key_source()
+        known = self._verified.get(token)
+        if known is not None and keys.get(known.key.key_id) is known.key:
+            self._check_times(known.payload)
+            return known.claims
+        claims, verified = self._verify(token, keys)
+        self._remember(token, verified)
+        return claims
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens the cache holds."""
+        return len(self._verified)
+
+    def _remember(self, token: str, verified: _Verified) -> None:
+        if self._cache_size == 0:
+            return
+        with self._cache_lock:
+            while len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            self._verified[token] = verified
+
+    def _verify(self, token: str, keys: Mapping[str, TrustedKey]) -> tuple[Claims, _Verified]:
         segments = _COMPACT.fullmatch(token)
         if segments is None:
             raise InvalidTokenError("malformed")
         header = _json_object(segments[1])
         if header is None:
             raise InvalidTokenError("malformed")
-        key = self._key_for(header)
+        key = self._key_for(header, keys)
         self._verify_signature_and_registered_claims(token, key)
         payload = _json_object(segments[2])
         if payload is None:  # pyjwt accepted it, so only the strict parser's refusals (duplicate members) remain
             raise InvalidTokenError("bad_claims")
         issued_at, expires_at = self._check_times(payload)
         try:
-            return parse_claims(payload, issuer=key.issuer, issued_at=issued_at, expires_at=expires_at)
+            claims = parse_claims(payload, issuer=key.issuer, issued_at=issued_at, expires_at=expires_at)
         except ValueError as exc:
             raise InvalidTokenError("bad_claims") from exc
+        return claims, _Verified(key, payload, claims)
 
-    def _key_for(self, header: Mapping[str, object]) -> TrustedKey:
+    def _key_for(self, header: Mapping[str, object], keys: Mapping[str, TrustedKey]) -> TrustedKey:
         """The trusted key the header names, after the header's own checks."""
         if any(name in header for name in FORBIDDEN_HEADERS):
             raise InvalidTokenError("forbidden_header")
@@ -128,7 +179,7 @@ class TokenVerifier:
         key_id = header.get("kid")
         if not isinstance(key_id, str):
             raise InvalidTokenError("unknown_key")
-        key = self._key_source().get(key_id)
+        key = keys.get(key_id)
         if key is None:
             raise InvalidTokenError("unknown_key")
         if algorithm != key.algorithm:
