@@ -33,6 +33,7 @@ from api.authz import relation
 from api.caller import Caller
 from api.decisions import operation_access
 from api.deps import CallerDep, NowDep, RequestIdDep, ServicesDep
+from api.offload import offloaded
 from api.responses import json_response, refuse
 from api.runtime import make_checkpointer
 from api.schemas import audit as shapes
@@ -86,6 +87,7 @@ def _answer(result: _T | Refusal, access: Access) -> _T:
 
 
 @router.get("/v1/audit/events", summary="Audit events, filtered and paged", response_model=None, responses={200: {"model": shapes.EventPage}, **_ERRORS})
+@offloaded
 def list_events(
     caller: CallerDep,
     services: ServicesDep,
@@ -117,6 +119,7 @@ def list_events(
     response_model=None,
     responses={200: {"model": shapes.CheckpointView}, **_ERRORS},
 )
+@offloaded
 def latest_checkpoint(caller: CallerDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     checkpointer = _first_checkpoint(services, now)
     with services.unit() as conn:
@@ -132,6 +135,7 @@ def latest_checkpoint(caller: CallerDep, services: ServicesDep, request_id: Requ
     response_model=None,
     responses={200: {"model": shapes.InclusionProofView}, **_ERRORS},
 )
+@offloaded
 def inclusion_proof(
     caller: CallerDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep, index: shapes.LeafNumber, tree_size: shapes.TreeSize
 ) -> Response:
@@ -151,6 +155,7 @@ def inclusion_proof(
     response_model=None,
     responses={200: {"model": shapes.ConsistencyProofView}, **_ERRORS},
 )
+@offloaded
 def consistency_proof(
     caller: CallerDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep, first: shapes.TreeSize, second: shapes.TreeSize
 ) -> Response:
@@ -170,6 +175,7 @@ def consistency_proof(
     response_model=None,
     responses={200: {"description": "one ExportLine per line", "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/ExportLine"}}}}, **_ERRORS},
 )
+@offloaded
 def export(
     caller: CallerDep,
     services: ServicesDep,
@@ -203,6 +209,7 @@ def _export_chunks(services: Services, start: int, stop: int) -> Iterator[bytes]
     response_model=None,
     responses={200: {"model": shapes.ScopeResult}, **_ERRORS},
 )
+@offloaded
 def breach_scope(
     caller: CallerDep,
     services: ServicesDep,
@@ -233,6 +240,7 @@ def breach_scope(
     response_model=None,
     responses={200: {"model": shapes.AccessLog}, **_ERRORS},
 )
+@offloaded
 def access_log(
     member_id: Annotated[str, Path(pattern=shapes.HEX32, description="opaque member id")],
     caller: CallerDep,

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from api import problems as p
 from api.decisions import operation_access
 from api.deps import CallerDep, JsonBodyDep, NowDep, RequestIdDep, ServicesDep, validate_body
+from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, MAX_LIMIT, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
 from api.schemas.break_glass import ReviewClosed, ReviewPage, ReviewRequest, ReviewStatus
@@ -41,6 +42,7 @@ StatusQuery = Annotated[ReviewStatus | None, Query(description="only reviews wit
     response_model=None,
     responses={200: {"model": ReviewPage}, **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.UNAVAILABLE)},
 )
+@offloaded
 def list_reviews(
     caller: CallerDep,
     services: ServicesDep,
@@ -71,6 +73,7 @@ def list_reviews(
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReviewRequest"}}}}},
 )
+@offloaded
 def review(review_id: ReviewIdPath, caller: CallerDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, QUEUE, "write", request_id=request_id, now=now)

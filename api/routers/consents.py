@@ -26,6 +26,7 @@ from api.caller import Caller
 from api.decisions import operation_access, restricted
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, model_or_problems
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.responses import RESTRICTED_REASON, json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.consent import ConsentEventOut, ConsentOverviewOut, ConsentRecordIn
@@ -81,6 +82,7 @@ def event_body(services: Services, event: ConsentEvent, key: SigningKey | None =
     responses={201: {"model": ConsentEventOut}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConsentRecordIn"}}}}},
 )
+@offloaded
 def record_consent(
     member_id: MemberIdPath,
     caller: CallerDep,
@@ -152,6 +154,7 @@ def _request(body: ConsentRecordIn) -> ConsentRequest:
     response_model=None,
     responses={200: {"model": ConsentOverviewOut}, **p.READ_ERRORS},
 )
+@offloaded
 def read_consents(member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         access, allowed = _decide(services, conn, caller, purpose, member_id, "read", request_id=request_id, now=now)
@@ -170,6 +173,7 @@ def read_consents(member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDe
     response_model=None,
     responses={200: {"model": ConsentEventOut}, **p.READ_ERRORS},
 )
+@offloaded
 def read_consent_event(
     member_id: MemberIdPath, consent_id: ConsentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
@@ -183,6 +187,7 @@ def read_consent_event(
     response_model=None,
     responses={200: {"description": "a FHIR R4B Consent", "content": {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}}}, **p.READ_ERRORS},
 )
+@offloaded
 def consent_as_fhir(
     member_id: MemberIdPath, consent_id: ConsentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:

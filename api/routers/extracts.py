@@ -32,6 +32,7 @@ from api.caller import Caller
 from api.decisions import operation_access
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, model_or_problems
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, LimitQuery, capped
 from api.responses import json_response, refuse
 from api.schemas.extracts import EXTRACT_ID, DeletionPage, ExtractOut, ExtractStart, ExtractStarted
@@ -83,6 +84,7 @@ def _decide(
     responses={202: {"model": ExtractStarted}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExtractStart"}}}}},
 )
+@offloaded
 def start_extract(
     caller: CallerDep,
     purpose: PurposeDep,
@@ -148,6 +150,7 @@ def start_extract(
     response_model=None,
     responses={200: {"model": DeletionPage}, **_READ_ERRORS},
 )
+@offloaded
 def deletions(
     caller: CallerDep,
     purpose: PurposeDep,
@@ -189,6 +192,7 @@ def _own(
     response_model=None,
     responses={200: {"model": ExtractOut}, **_READ_ERRORS},
 )
+@offloaded
 def extract_status(extract_id: ExtractIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         access, record = _own(services, conn, caller, purpose, extract_id, request_id=request_id, now=now)
@@ -211,6 +215,7 @@ def extract_status(extract_id: ExtractIdPath, caller: CallerDep, purpose: Purpos
         **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.CONFLICT, p.UNAVAILABLE),
     },
 )
+@offloaded
 def extract_data(extract_id: ExtractIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         access, record = _own(services, conn, caller, purpose, extract_id, request_id=request_id, now=now)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.http import request_id_of
+from api.offload import offloaded
 from api.problems import PROBLEM_MEDIA_TYPE, TYPE_BASE
 from api.runtime import make_checkpointer, open_provider
 from api.settings import Settings
@@ -89,11 +90,12 @@ def _audit_ready(app: FastAPI, settings: Settings, checks: dict[str, str]) -> tu
 
 
 @router.get("/healthz", summary="Liveness")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Readiness: databases migrated, key provider usable, audit store writable, audit checkpoint consistent", response_model=None)
+@offloaded
 def readyz(request: Request) -> JSONResponse | dict[str, Any]:
     app: FastAPI = request.app
     settings: Settings = app.state.settings

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, func, select
 from api import problems as p
 from api.decisions import operation_access
 from api.deps import CallerDep, JsonBodyDep, NowDep, RequestIdDep, ServicesDep, validate_body
+from api.offload import offloaded
 from api.responses import json_response, refuse
 from api.runtime import Runtime
 from api.schemas.keys import JOB_ID, Job, JobStatus, KeysMetadata, RotateAccepted, RotateKind, RotateRequest
@@ -54,6 +55,7 @@ _READ_ERRORS = p.openapi_responses(p.UNAUTHORIZED, p.FORBIDDEN, p.UNAVAILABLE)
 
 
 @router.get("", summary="Key metadata (never key material)", response_model=None, responses={200: {"model": KeysMetadata}, **_READ_ERRORS})
+@offloaded
 def key_metadata(caller: CallerDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "keys:metadata", "read", request_id=request_id, now=now)
@@ -74,6 +76,7 @@ def key_metadata(caller: CallerDep, services: ServicesDep, request_id: RequestId
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RotateRequest"}}}}},
 )
+@offloaded
 def rotate_key(caller: CallerDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     named = raw.value.get("kind") if isinstance(raw.value, dict) else None
     kinds = tuple(k.value for k in RotateKind if k.value == named)  # a closed code, never other input
@@ -95,6 +98,7 @@ def rotate_key(caller: CallerDep, raw: JsonBodyDep, services: ServicesDep, reque
     response_model=None,
     responses={200: {"model": Job}, **_READ_ERRORS, **p.openapi_responses(p.NOT_FOUND)},
 )
+@offloaded
 def rotation_job(
     job_id: Annotated[str, Path(pattern=JOB_ID, description="the id POST /v1/keys/rotate answered")],
     caller: CallerDep,

@@ -14,6 +14,7 @@ from api import problems as p
 from api.decisions import member_access
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
@@ -35,6 +36,7 @@ FINANCIAL = (dm.Category.financial,)
     responses={201: {"model": LedgerEntryCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LedgerEntryCreate"}}}}},
 )
+@offloaded
 def append_entry(
     member_id: MemberIdPath,
     caller: CallerDep,
@@ -77,6 +79,7 @@ def append_entry(
     response_model=None,
     responses={200: {"model": LedgerPage}, **p.READ_ERRORS},
 )
+@offloaded
 def list_entries(
     member_id: MemberIdPath,
     caller: CallerDep,

@@ -14,6 +14,7 @@ from api.caller import Caller
 from api.decisions import member_access, operation_access, restricted
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, MemberReadDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.responses import RESTRICTED_REASON, json_response, refuse, review_queuer
 from api.schemas.members import (
     MEMBER_CATEGORIES,
@@ -59,6 +60,7 @@ register_url_convertor("member_id", _MemberIdConvertor())
     responses={201: {"model": MemberCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MemberCreate"}}}}},
 )
+@offloaded
 def create_member(
     caller: CallerDep,
     purpose: PurposeDep,
@@ -110,6 +112,7 @@ def _created(stored: StoredResponse) -> Response:
 @router.get(
     "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **p.READ_ERRORS}
 )
+@offloaded
 def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
     services = r.services
     with services.reading() as conn:
@@ -142,6 +145,7 @@ def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
     responses={200: {"model": MemberChanged}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/MemberPatch"}}}}},
 )
+@offloaded
 def patch_member(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
@@ -170,6 +174,7 @@ def _home_within_callers_clinics(caller: Caller, access: Access, body: MemberBod
     responses={200: {"model": SearchResults}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}},
 )
+@offloaded
 def search_members(
     caller: CallerDep, _no_query: NoQueryDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
@@ -198,6 +203,7 @@ def search_members(
     responses={200: {"model": CheckInResult}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}}}},
 )
+@offloaded
 def check_in(
     member_id: MemberIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:

@@ -52,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import problems as p
 from api.deps import NowDep, RequestIdDep, ServicesDep
+from api.offload import offloaded
 from api.responses import json_response
 from api.services import Services
 from api.tokens import issue_token
@@ -167,6 +168,7 @@ async def token(request: Request, services: ServicesDep, request_id: RequestIdDe
     response_model=None,
     responses={200: {"model": JwkSet}, **p.openapi_responses(p.UNAVAILABLE)},
 )
+@offloaded
 def jwks(services: ServicesDep) -> Response:
     signing = services.runtime.signing
     keys: list[dict[str, str]] = []

@@ -22,6 +22,7 @@ from api import problems as p
 from api.authz import ActivePolicy
 from api.decisions import operation_access
 from api.deps import CallerDep, NowDep, RequestIdDep, ServicesDep
+from api.offload import offloaded
 from api.responses import json_response, refuse
 from api.schemas.keys import PolicyReloaded
 from api.services import Services
@@ -38,6 +39,7 @@ router = APIRouter(prefix="/v1/policies", tags=["operations"])
     response_model=None,
     responses={200: {"model": PolicyReloaded}, **p.openapi_responses(p.UNAUTHORIZED, p.FORBIDDEN, p.INVALID, p.UNAVAILABLE)},
 )
+@offloaded
 def reload_policies(caller: CallerDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.unit() as conn:
         access, allowed = operation_access(services, conn, caller, "policies:reload", "write", request_id=request_id, now=now)

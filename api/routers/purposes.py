@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from api import problems as p
 from api.decisions import operation_access
 from api.deps import CallerDep, JsonBodyDep, NowDep, RequestIdDep, ServicesDep, model_or_problems
+from api.offload import offloaded
 from api.responses import json_response, refuse
 from api.schemas.consent import NoticePublish, NoticePublished, PurposeCatalog
 from vault.access import Refusal
@@ -47,6 +48,7 @@ def notice_body(notice: Notice) -> dict[str, object]:
 
 
 @router.get("", summary="The purpose catalog with the notice texts in effect (public)", response_model=None, responses={200: {"model": PurposeCatalog}})
+@offloaded
 def list_purposes(services: ServicesDep, now: NowDep) -> Response:
     with services.reading() as conn:
         every = services.consents.service.notices.every(conn)
@@ -83,6 +85,7 @@ def list_purposes(services: ServicesDep, now: NowDep) -> Response:
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NoticePublish"}}}}},
 )
+@offloaded
 def publish_notice(purpose: PurposePath, caller: CallerDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     body, problems = model_or_problems(NoticePublish, raw.raw)
     draft = None if body is None else NoticeDraft(purpose, body.version, body.texts.zh, body.texts.en, material=body.material, effective_at=body.effective_at)

@@ -28,6 +28,7 @@ from api.caller import Caller
 from api.decisions import operation_access
 from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, OptionalPurposeDep, PurposeDep, RequestIdDep, ServicesDep, model_or_problems
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse
 from api.routers.consents import event_body
@@ -70,6 +71,7 @@ def _filer(caller: Caller) -> Filer | None:
     responses={201: {"model": RequestFiled}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RequestFile"}}}}},
 )
+@offloaded
 def file_request(
     member_id: MemberIdPath,
     caller: CallerDep,
@@ -127,6 +129,7 @@ def file_request(
     response_model=None,
     responses={200: {"model": RequestPage}, **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.UNAVAILABLE)},
 )
+@offloaded
 def request_queue(
     caller: CallerDep,
     services: ServicesDep,
@@ -155,6 +158,7 @@ def request_queue(
     response_model=None,
     responses={200: {"model": RequestOut}, **p.READ_ERRORS},
 )
+@offloaded
 def read_request(dsr_id: DsrIdPath, caller: CallerDep, purpose: OptionalPurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         owner = services.requests.service.owner(conn, dsr_id)
@@ -178,6 +182,7 @@ def read_request(dsr_id: DsrIdPath, caller: CallerDep, purpose: OptionalPurposeD
     responses={200: {"model": RequestOut}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TransitionIn"}}}}},
 )
+@offloaded
 def transition_request(
     dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, raw: JsonBodyDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
@@ -221,6 +226,7 @@ def _certificate_link(r: DataRequest) -> dict[str, str]:
         **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.UNAVAILABLE),
     },
 )
+@offloaded
 def export_archive(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         owner = services.requests.service.owner(conn, dsr_id)
@@ -260,6 +266,7 @@ def export_archive(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, se
     response_model=None,
     responses={200: {"model": ErasureCertificate}, **p.openapi_responses(p.BAD_REQUEST, p.UNAUTHORIZED, p.FORBIDDEN, p.NOT_FOUND, p.CONFLICT, p.UNAVAILABLE)},
 )
+@offloaded
 def erasure_certificate(dsr_id: DsrIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep) -> Response:
     with services.reading() as conn:
         owner = services.requests.service.owner(conn, dsr_id)

@@ -22,6 +22,7 @@ from api.caller import Caller
 from api.decisions import member_access
 from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBody, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
 from api.idempotency import StoredResponse, replay_if_retry
+from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
 from api.responses import json_response, refuse, review_queuer
 from api.routers.members import MemberIdPath
@@ -45,6 +46,7 @@ OUTSIDE_CALLERS_CLINICS = "clinic_outside_caller"
     responses={201: {"model": TreatmentCreated}, **p.WRITE_ERRORS},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TreatmentCreate"}}}}},
 )
+@offloaded
 def create_treatment(
     member_id: MemberIdPath,
     caller: CallerDep,
@@ -88,6 +90,7 @@ def create_treatment(
     response_model=None,
     responses={200: {"model": TreatmentPage}, **p.READ_ERRORS},
 )
+@offloaded
 def list_treatments(
     member_id: MemberIdPath,
     caller: CallerDep,
@@ -118,6 +121,7 @@ def list_treatments(
     response_model=None,
     responses={200: {"model": TreatmentResource}, **p.READ_ERRORS},
 )
+@offloaded
 def read_treatment(
     treatment_id: TreatmentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
 ) -> Response:
