@@ -41,4 +41,9 @@ def offloaded(function: Callable[_P, _R]) -> Callable[_P, Awaitable[_R]]:
     return run
 
 
-__all__ = ["THREADS", "offloaded"]
+async def in_pool(function: Callable[[], _R]) -> _R:
+    """``function()`` run in the route pool, with the caller's context variables."""
+    return await asyncio.get_running_loop().run_in_executor(_pool, contextvars.copy_context().run, function)
+
+
+__all__ = ["THREADS", "in_pool", "offloaded"]

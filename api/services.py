@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -30,10 +31,12 @@ from api.authz import PolicyStore
 from api.extract_jobs import ExtractJobs
 from api.idempotency import ROOT_KEY as IDEMPOTENCY_ROOT_KEY
 from api.idempotency import Idempotency
+from api.offload import in_pool
 from api.problems import UNAVAILABLE, ProblemError
 from api.runtime import Runtime, make_checkpointer, open_runtime
 from api.settings import Settings
 from audit.errors import AuditError
+from audit.group_commit import LoopGroupCommit
 from audit.sequencer import Sequencer
 from audit.store import AuditJournal
 from keys.errors import KeysError
@@ -53,11 +56,13 @@ from vault.extracts.source import ProfileSource
 from vault.extracts.store import ExtractStore
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
-from vault.storage.engine import write_transaction
+from vault.storage.engine import write_on, write_transaction
+from vault.storage.readers import SqliteReader
 from vault.treatments_gate import TreatmentGate
 
 log = structlog.get_logger("api.services")
 PUMP_INTERVAL_SECONDS = 1.0
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -81,6 +86,14 @@ class Services:
     extract_jobs: ExtractJobs
     # One per process: it keeps the horizon below which the journal is known to be sequenced (audit.sequencer).
     sequencer: Sequencer
+    # The events of reads served on the event loop (``read_on_loop``), committed in groups by one writer thread at a time.
+    read_events: LoopGroupCommit
+    # An embedded database: a read is local and short, so a read route runs it on the event loop instead of a thread.
+    reads_on_loop: bool
+
+    async def read_path(self, read: Callable[[], _T]) -> _T:
+        """Run a read route's database work: on the event loop for an embedded database, else in the route pool."""
+        return read() if self.reads_on_loop else await in_pool(read)
 
     @contextmanager
     def unit(self) -> Iterator[Connection]:
@@ -147,6 +160,8 @@ def build(settings: Settings) -> Services:
             extracts=extracts,
             extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
             sequencer=Sequencer(runtime.data_engine),
+            read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on, in_pool),
+            reads_on_loop=SqliteReader.of(runtime.data_engine) is not None,
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it

@@ -32,11 +32,15 @@ given later by the sequencer, in journal order, as for any entry).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Connection
 
@@ -142,23 +146,130 @@ class GroupCommit:
                     ticket.done.release()
 
     def _append(self, conn: Connection, group: list[_Ticket]) -> None:
-        self._journal.append_many(conn, [(t.event, t.now) for t in group if t.then is None])
-        for ticket in group:
-            if ticket.then is not None:
-                self._write_with_then(conn, ticket, ticket.then)
+        _write_group(self._journal, conn, group)
 
-    def _write_with_then(self, conn: Connection, ticket: _Ticket, then: Callable[[Connection], None]) -> None:
+
+class _Entry(Protocol):
+    event: AuditEvent
+    now: datetime | None
+    then: Callable[[Connection], None] | None
+    error: BaseException | None
+
+
+def _write_group(journal: AuditJournal, conn: Connection, group: Sequence[_Entry]) -> None:
+    """Insert a group's events in ``conn``'s transaction: those without a ``then`` in one batch, each other in a savepoint with its ``then``."""
+    journal.append_many(conn, [(t.event, t.now) for t in group if t.then is None])
+    for entry in group:
+        if entry.then is not None:
+            _write_with_then(journal, conn, entry, entry.then)
+
+
+def _write_with_then(journal: AuditJournal, conn: Connection, entry: _Entry, then: Callable[[Connection], None]) -> None:
+    try:
+        with conn.begin_nested():
+            journal.append(conn, entry.event, now=entry.now)
+            then(conn)
+    except AuditStoreError:
+        raise  # the journal failed: the whole group fails closed
+    except Exception as exc:  # noqa: BLE001  # its own request only; the savepoint undid its event and writes
+        entry.error = exc
+
+
+class LoopGroupCommit:
+    """Group commit for requests served on an event loop: they await their event's commit instead of blocking a thread.
+
+    The same contract as ``GroupCommit`` — ``commit`` returns only once the
+    transaction holding the caller's event has committed, a failed
+    transaction refuses every request of its group, a failing ``then`` fails
+    only its own — without a thread per waiting request. Events handed over
+    on the loop queue up; one write at a time runs in ``run_in_thread`` on a
+    connection of its own (``connect``, then ``begin``), taking every event
+    queued when it starts; events arriving meanwhile form the next group.
+    Use it from one event loop only (its queue is not locked).
+    """
+
+    def __init__(
+        self,
+        journal: AuditJournal,
+        connect: Callable[[], AbstractContextManager[Connection]],
+        begin: Begin,
+        run_in_thread: Callable[[Callable[[], None]], Awaitable[None]],
+        *,
+        max_group: int = DEFAULT_MAX_GROUP,
+    ) -> None:
+        if max_group < 1:
+            raise ValueError("max_group must be at least 1")
+        self._journal = journal
+        self._connect = connect
+        self._begin = begin
+        self._run_in_thread = run_in_thread
+        self._max_group = max_group
+        self._waiting: list[_Awaited] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.groups = 0  # transactions committed or attempted (for benchmarks and tests)
+
+    async def commit(self, event: AuditEvent, *, now: datetime | None = None, then: Callable[[Connection], None] | None = None) -> None:
+        """Make ``event`` (and ``then``'s writes) durable; return once committed, or raise ``AuditStoreError`` or what ``then`` raised.
+
+        A request cancelled while it waits does not take its event back: it is
+        committed with its group all the same (the decision was made), and
+        nobody is told.
+        """
+        entry = _Awaited(event, now, then, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        if self._writer is None:  # in a context of its own: it writes for many requests, it is none of theirs (nor their log context)
+            self._writer = asyncio.get_running_loop().create_task(self._write_all(), context=contextvars.Context())
+        await entry.settled
+
+    async def _write_all(self) -> None:
         try:
-            with conn.begin_nested():
-                self._journal.append(conn, ticket.event, now=ticket.now)
-                then(conn)
-        except AuditStoreError:
-            raise  # the journal failed: the whole group fails closed
-        except Exception as exc:  # noqa: BLE001  # its own request only; the savepoint undid its event and writes
-            ticket.error = exc
+            while self._waiting:
+                group = self._waiting[: self._max_group]
+                del self._waiting[: self._max_group]
+                self.groups += 1
+                try:
+                    await self._run_in_thread(functools.partial(self._write, group))
+                except BaseException as exc:  # every request of the group is refused: none of its events is durable
+                    failure = exc if isinstance(exc, AuditStoreError) else AuditStoreError("the audit journal could not be written")
+                    if failure is not exc:
+                        failure.__cause__ = exc
+                    _fail(group, failure)
+                    if not isinstance(exc, Exception):
+                        _settle(group)
+                        raise
+                _settle(group)
+        finally:
+            self._writer = None
+            if self._waiting:  # the loop is going down: nobody may take a queued event as durable
+                _fail(self._waiting, AuditStoreError("the audit journal could not be written"))
+                _settle(self._waiting)
+                self._waiting = []
+
+    def _write(self, group: list[_Awaited]) -> None:
+        with self._connect() as conn, self._begin(conn):
+            _write_group(self._journal, conn, group)
 
 
-def _fail(group: list[_Ticket], failure: AuditStoreError) -> None:
+@dataclass(eq=False, slots=True)
+class _Awaited:
+    event: AuditEvent
+    now: datetime | None
+    then: Callable[[Connection], None] | None
+    settled: asyncio.Future[None]
+    error: BaseException | None = None
+
+
+def _settle(group: list[_Awaited]) -> None:
+    for entry in group:
+        if entry.settled.done():
+            continue
+        if entry.error is None:
+            entry.settled.set_result(None)
+        else:
+            entry.settled.set_exception(entry.error)
+
+
+def _fail(group: Sequence[_Entry], failure: AuditStoreError) -> None:
     """Refuse every ticket of the group not already refused, each with an exception of its own (each is raised in its own thread)."""
     for ticket in group:
         if ticket.error is None:
@@ -166,4 +277,4 @@ def _fail(group: list[_Ticket], failure: AuditStoreError) -> None:
             ticket.error.__cause__ = failure.__cause__
 
 
-__all__ = ["DEFAULT_MAX_GROUP", "Begin", "GroupCommit"]
+__all__ = ["DEFAULT_MAX_GROUP", "Begin", "GroupCommit", "LoopGroupCommit"]

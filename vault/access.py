@@ -28,7 +28,10 @@ leaves the gate. Concurrent reads of a process share that commit
 (``audit.group_commit.GroupCommit``: one write transaction for the events
 waiting together, each request answering only once its own is durable).
 ``then`` runs in that write transaction after an ``ok`` read (a break-glass
-review row), in a savepoint with its event.
+review row), in a savepoint with its event. ``prepare_read`` stops before the
+commit and hands back a ``PendingRead`` — for a route served on the event
+loop, which awaits its event's commit (``LoopGroupCommit``) instead of
+blocking a thread, and only then uses the result.
 
 Events carry ids, field and category names and codes, never values.
 """
@@ -39,7 +42,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
@@ -97,6 +100,16 @@ class Target:
     fields: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PendingRead(Generic[_T]):
+    """A read done and its event built, not yet durable: ``result`` must not leave before ``event`` is committed (with ``then``)."""
+
+    result: _T | Refusal
+    event: AuditEvent
+    now: datetime
+    then: Callable[[Connection], None] | None
+
+
 _OUTCOMES: tuple[tuple[type[VaultError], Outcome], ...] = (
     (NotFoundError, Outcome.not_found),
     (MemberErasedError, Outcome.not_found),
@@ -112,6 +125,10 @@ class Gatekeeper:
     def __init__(self, journal: AuditJournal) -> None:
         self._journal = journal
         self._group = GroupCommit(journal, write_on)
+
+    @property
+    def journal(self) -> AuditJournal:
+        return self._journal
 
     def perform(self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T]) -> _T | Refusal:
         if not allowed:
@@ -137,25 +154,25 @@ class Gatekeeper:
     def perform_read(
         self, conn: Connection, access: Access, target: Target, allowed: bool, operation: Callable[[], _T], *, then: Callable[[Connection], None] | None = None
     ) -> _T | Refusal:
+        pending = self.prepare_read(access, target, allowed, operation, then=then)
+        conn.rollback()  # the read snapshot ends (nothing was written in it)
+        self._group.commit(conn, pending.event, now=pending.now, then=pending.then)
+        return pending.result
+
+    def prepare_read(
+        self, access: Access, target: Target, allowed: bool, operation: Callable[[], _T], *, then: Callable[[Connection], None] | None = None
+    ) -> PendingRead[_T]:
+        """``perform_read`` up to its event, for a caller that commits the event itself (``LoopGroupCommit``) before using the result."""
         if not allowed:
-            self._commit(conn, access, target, Decision.DENY, Outcome.denied, then=None)
-            return Refusal(Outcome.denied)
+            return PendingRead(Refusal(Outcome.denied), _event(access, target, Decision.DENY, Outcome.denied), access.now, None)
         try:
             result = operation()
         except VaultError as exc:
             outcome = next((o for kind, o in _OUTCOMES if isinstance(exc, kind)), None)
             if outcome is None:
                 raise
-            self._commit(conn, access, target, Decision.ALLOW, outcome, then=None)
-            return Refusal(outcome, exc)
-        self._commit(conn, access, target, Decision.ALLOW, Outcome.ok, then=then)
-        return result
-
-    def _commit(
-        self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome, *, then: Callable[[Connection], None] | None
-    ) -> None:
-        conn.rollback()  # the read snapshot ends (nothing was written in it)
-        self._group.commit(conn, _event(access, target, decision, outcome), now=access.now, then=then)
+            return PendingRead(Refusal(outcome, exc), _event(access, target, Decision.ALLOW, outcome), access.now, None)
+        return PendingRead(result, _event(access, target, Decision.ALLOW, Outcome.ok), access.now, then)
 
     def record(self, conn: Connection, access: Access, target: Target, decision: Decision, outcome: Outcome) -> None:
         """Journal the one event of a decision in ``conn``'s transaction (also used by the edge for decisions that reach no record)."""
@@ -184,4 +201,4 @@ def category_names(categories: Collection[dm.Category]) -> tuple[str, ...]:
     return tuple(sorted(c.value for c in categories))
 
 
-__all__ = ["Access", "Gatekeeper", "Outcome", "Refusal", "Target", "category_names"]
+__all__ = ["Access", "Gatekeeper", "Outcome", "PendingRead", "Refusal", "Target", "category_names"]

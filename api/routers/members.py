@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -11,8 +12,20 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from api import problems as p
 from api.caller import Caller
-from api.decisions import member_access, operation_access, restricted
-from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, MemberReadDep, NoQueryDep, NowDep, PurposeDep, RequestIdDep, ServicesDep, parse_model
+from api.decisions import MemberDecision, member_access, operation_access, restricted
+from api.deps import (
+    CallerDep,
+    IdempotencyKeyDep,
+    JsonBodyDep,
+    MemberRead,
+    MemberReadDep,
+    NoQueryDep,
+    NowDep,
+    PurposeDep,
+    RequestIdDep,
+    ServicesDep,
+    parse_model,
+)
 from api.idempotency import StoredResponse, replay_if_retry
 from api.offload import offloaded
 from api.responses import RESTRICTED_REASON, json_response, refuse, review_queuer
@@ -29,8 +42,9 @@ from api.schemas.members import (
     SearchResults,
     parse_term,
 )
-from vault.access import Access, Refusal
+from vault.access import Access, PendingRead, Refusal
 from vault.members.gate import MemberBody, SearchScope
+from vault.members.repository import MemberView
 from vault.roles import Role
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
@@ -112,8 +126,20 @@ def _created(stored: StoredResponse) -> Response:
 @router.get(
     "/{member_id:member_id}", summary="Read a member, projected by policy", response_model=None, responses={200: {"model": MemberResource}, **p.READ_ERRORS}
 )
-@offloaded
-def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
+async def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
+    """Decide and read (on the event loop for an embedded database), then await the event's durable commit, then answer."""
+    decision, pending = await r.services.read_path(functools.partial(_decide_and_read, member_id, r))
+    await r.services.read_events.commit(pending.event, now=pending.now, then=pending.then)
+    view = pending.result
+    if isinstance(view, Refusal):
+        refuse(view, decision.access)
+    body: dict[str, object] = {"member_id": view.member_id}
+    body.update({c.value: values for c, values in view.values.items()})
+    body["redacted"] = sorted(c.value for c in MEMBER_CATEGORIES if c not in decision.access.readable)
+    return json_response(body)
+
+
+def _decide_and_read(member_id: str, r: MemberRead) -> tuple[MemberDecision, PendingRead[MemberView]]:
     services = r.services
     with services.reading() as conn:
         decision = member_access(
@@ -129,13 +155,7 @@ def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
             break_glass=r.break_glass,
         )
         flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
-        view = services.members.read(conn, decision.access, member_id, then=flag)
-    if isinstance(view, Refusal):
-        refuse(view, decision.access)
-    body: dict[str, object] = {"member_id": view.member_id}
-    body.update({c.value: values for c, values in view.values.items()})
-    body["redacted"] = sorted(c.value for c in MEMBER_CATEGORIES if c not in decision.access.readable)
-    return json_response(body)
+        return decision, services.members.prepare_read(conn, decision.access, member_id, then=flag)
 
 
 @router.patch(

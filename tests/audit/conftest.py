@@ -77,3 +77,17 @@ def forge_leaf(owner_sql: Callable[[str], None], backend: str) -> Callable[[int,
         owner_sql(f"UPDATE audit_journal SET leaf = {literal} WHERE journal_id = (SELECT journal_id FROM audit_leaves WHERE leaf_index = {index})")
 
     return forge
+
+
+@pytest.fixture
+def poison_trigger(owner_sql: Callable[[str], None], backend: str) -> str:
+    """As the database owner: refuse any journal insert whose actor subject is ``poison`` (a real database error)."""
+    if backend == "postgres":
+        owner_sql(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.actor_subject = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$"
+        )
+        owner_sql("CREATE TRIGGER poison BEFORE INSERT ON audit_journal FOR EACH ROW EXECUTE FUNCTION poison()")
+    else:
+        owner_sql("CREATE TRIGGER poison BEFORE INSERT ON audit_journal WHEN NEW.actor_subject = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
+    return "poison"

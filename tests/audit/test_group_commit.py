@@ -116,20 +116,6 @@ def test_waiting_events_share_one_transaction_and_all_become_durable(engine: Eng
         assert tree_size(conn) == 9
 
 
-@pytest.fixture
-def poison_trigger(owner_sql: Callable[[str], None], backend: str) -> str:
-    """As the database owner: refuse any journal insert whose actor subject is ``poison`` (a real database error)."""
-    if backend == "postgres":
-        owner_sql(
-            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN IF NEW.actor_subject = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$"
-        )
-        owner_sql("CREATE TRIGGER poison BEFORE INSERT ON audit_journal FOR EACH ROW EXECUTE FUNCTION poison()")
-    else:
-        owner_sql("CREATE TRIGGER poison BEFORE INSERT ON audit_journal WHEN NEW.actor_subject = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END")
-    return "poison"
-
-
 def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events(engine: Engine, poison_trigger: str) -> None:
     begin = HeldFirstGroup()
     group = GroupCommit(AuditJournal(), begin)

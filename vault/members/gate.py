@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from vault import data_map as dm
-from vault.access import Access, Gatekeeper, Refusal, Target, category_names
+from vault.access import Access, Gatekeeper, PendingRead, Refusal, Target, category_names
 from vault.errors import ValidationError
 from vault.ids import MemberId, new_id
 from vault.members.clinics import LinkVia, link, linked_members
@@ -108,6 +108,11 @@ class MemberGate:
         """Read in the caller's (read) transaction; the event commits on its own first (``Gatekeeper.perform_read``)."""
         target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
         return self._gk.perform_read(conn, access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable), then=then)
+
+    def prepare_read(self, conn: Connection, access: Access, member_id: str, *, then: Callable[[Connection], None] | None = None) -> PendingRead[MemberView]:
+        """``read`` up to its event: the caller commits the event before it uses the view (``Gatekeeper.prepare_read``)."""
+        target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
+        return self._gk.prepare_read(access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable), then=then)
 
     def create(self, conn: Connection, access: Access, body: MemberBody) -> MemberId | Refusal:
         member_id = MemberId(new_id())
