@@ -15,6 +15,7 @@ request without a valid token is 401 whatever else is wrong with it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,11 +24,11 @@ from typing import Annotated, TypeVar
 
 import pydantic
 from fastapi import Depends, Header, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.body import BodyError, parse
 from api.caller import Caller
 from api.http import request_id_of
+from api.offload import in_pool
 from api.problems import BAD_REQUEST, INVALID, UNSUPPORTED_MEDIA, ProblemError
 from api.services import ServiceHolder, Services
 from vault.break_glass import BreakGlassReason
@@ -40,19 +41,24 @@ async def _services(request: Request) -> Services:
     """The opened services; only the first request of a process (or one after a failure) opens them, in a worker thread."""
     holder: ServiceHolder = request.app.state.services
     opened = holder.peek()
-    return opened if opened is not None else await run_in_threadpool(holder.get)
+    return opened if opened is not None else await in_pool(holder.get)
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-async def _caller(request: Request, services: ServicesDep) -> Caller:
-    """The verified caller, or 401. On an embedded database the whole check (signature, claims, revocation) is local."""
-    authenticator = services.authenticator
+async def _caller(request: Request) -> Caller:
+    """The verified caller, or 401. On an embedded database the whole check (signature, claims, revocation) is local.
+
+    The services are taken by a plain call, not as a sub-dependency: FastAPI
+    solves a dependency's sub-dependencies again wherever it appears, and
+    this one appears in nearly every dependency of every route.
+    """
+    authenticator = (await _services(request)).authenticator
     authorization = request.headers.get("authorization")
     if authenticator.answers_inline:
         return authenticator.authenticate(authorization)
-    return await run_in_threadpool(authenticator.authenticate, authorization)
+    return await in_pool(functools.partial(authenticator.authenticate, authorization))
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -48,11 +49,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
 
 from api import problems as p
 from api.deps import NowDep, RequestIdDep, ServicesDep
-from api.offload import offloaded
+from api.offload import in_pool, offloaded
 from api.responses import json_response
 from api.services import Services
 from api.tokens import issue_token
@@ -154,7 +154,7 @@ async def token(request: Request, services: ServicesDep, request_id: RequestIdDe
     try:
         peer = request.client.host if request.client is not None else None
         parsed = _token_request(request.headers.get("content-type"), request.headers.get("authorization"), body, peer)
-        issued = await run_in_threadpool(_issue, services, parsed, request_id, now)
+        issued = await in_pool(functools.partial(_issue, services, parsed, request_id, now))
     except _RefusedError as refused:
         log.info("oauth.token_refused", reason=refused.error, status=refused.status)
         return json_response({"error": refused.error}, status_code=refused.status, headers={"Pragma": "no-cache", **refused.headers})
