@@ -34,7 +34,7 @@ from api.idempotency import Idempotency
 from api.offload import in_pool
 from api.problems import UNAVAILABLE, ProblemError
 from api.runtime import Runtime, make_checkpointer, open_runtime
-from api.settings import Settings
+from api.settings import KeyProviderName, Settings
 from audit.errors import AuditError
 from audit.group_commit import LoopGroupCommit
 from audit.sequencer import Sequencer
@@ -88,7 +88,7 @@ class Services:
     sequencer: Sequencer
     # The events of reads served on the event loop (``read_on_loop``), committed in groups by one writer thread at a time.
     read_events: LoopGroupCommit
-    # An embedded database: a read is local and short, so a read route runs it on the event loop instead of a thread.
+    # Embedded databases and a local keyring: a read is local and short, so a read route runs it on the event loop.
     reads_on_loop: bool
 
     async def read_path(self, read: Callable[[], _T]) -> _T:
@@ -161,7 +161,7 @@ def build(settings: Settings) -> Services:
             extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
             sequencer=Sequencer(runtime.data_engine),
             read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on, in_pool),
-            reads_on_loop=SqliteReader.of(runtime.data_engine) is not None,
+            reads_on_loop=_all_local(settings, runtime),
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it
@@ -169,6 +169,12 @@ def build(settings: Settings) -> Services:
         runtime.close()
         raise
     return services
+
+
+def _all_local(settings: Settings, runtime: Runtime) -> bool:
+    """Both databases embedded and the KEK in the local keyring: a read touches no network (a PKCS#11 token may be a network HSM)."""
+    embedded = SqliteReader.of(runtime.data_engine) is not None and SqliteReader.of(runtime.keys_engine) is not None
+    return embedded and settings.key_provider is KeyProviderName.local
 
 
 class ServiceHolder:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from api.http import new_request_id
+from tests.api.conftest import Vault
 from vault.storage.readers import SqliteReader
 
 _ALPHABET = set("abcdefghjkmnpqrstuvwxyz")
@@ -44,3 +45,14 @@ def test_only_an_sqlite_file_gets_a_reader(tmp_path: Path) -> None:
     assert SqliteReader.of(create_engine(f"sqlite:///{tmp_path / 'x.db'}")) is not None
     assert SqliteReader.of(create_engine("sqlite://")) is None
     assert SqliteReader.of(create_engine("postgresql+psycopg://u@localhost/db")) is None
+
+
+def test_member_reads_run_on_the_event_loop_only_with_embedded_databases_and_a_local_keyring(vault: Vault, backend: str) -> None:
+    services = vault.client.app.state.services.get()  # type: ignore[attr-defined]  # the TestClient's app is our FastAPI app
+    assert services.reads_on_loop is (backend == "sqlite")
+    member = vault.members[0].member_id
+    before = vault.journal_size()
+    r = vault.client.get(f"/v1/members/{member}", headers=vault.headers(vault.token("practitioner", clinics=["*"]), purpose="care"))
+    assert r.status_code == 200
+    assert r.json()["member_id"] == member
+    assert vault.journal_size() == before + 1  # its event was committed before the answer
