@@ -6,7 +6,8 @@ decision journals a ``deny`` event and touches nothing; an allowed one
 reads or writes only the categories the decision names and journals an
 ``allow`` event with the outcome.
 
-* ``read`` decrypts only ``access.readable``.
+* ``prepare_read`` decrypts only ``access.readable``; the caller commits its
+  event (``Gatekeeper.prepare_read``) before it uses the view.
 * ``create`` and ``update`` are allowed only when every field written belongs
   to a category in ``access.writable``; the event names the fields.
 * ``search`` answers member ids only, filtered to the caller's scope (the
@@ -104,13 +105,8 @@ class MemberGate:
         self._repo = repo
         self._gk = gatekeeper
 
-    def read(self, conn: Connection, access: Access, member_id: str, *, then: Callable[[Connection], None] | None = None) -> MemberView | Refusal:
-        """Read in the caller's (read) transaction; the event commits on its own first (``Gatekeeper.perform_read``)."""
-        target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
-        return self._gk.perform_read(conn, access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable), then=then)
-
     def prepare_read(self, conn: Connection, access: Access, member_id: str, *, then: Callable[[Connection], None] | None = None) -> PendingRead[MemberView]:
-        """``read`` up to its event: the caller commits the event before it uses the view (``Gatekeeper.prepare_read``)."""
+        """Read in the caller's (read) transaction, up to its event: the caller commits the event before it uses the view (``Gatekeeper.prepare_read``)."""
         target = Target("read", RESOURCE, member_id, member_id, category_names(access.readable))
         return self._gk.prepare_read(access, target, bool(access.readable), lambda: self._repo.read(conn, member_id, access.readable), then=then)
 
