@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,6 +51,9 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False}
+
+
 def create_app(settings: Settings, *, audit_pump: bool = True) -> FastAPI:
     holder = ServiceHolder(settings)
 
@@ -70,6 +74,9 @@ def create_app(settings: Settings, *, audit_pump: bool = True) -> FastAPI:
 
     production = settings.is_production
     app = FastAPI(
+        # FastAPI's own OpenTelemetry hooks would export request spans, validation failures and exception
+        # messages to whatever provider the environment configures: nothing leaves the vault that way.
+        telemetry=NO_TELEMETRY,
         title="Member Vault",
         version="0.1.0",
         lifespan=lifespan,
