@@ -14,6 +14,7 @@ sweeps extract jobs (interrupted ones failed, kept data past its time purged).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.authn import Authenticator
@@ -91,9 +92,22 @@ class Services:
     # Embedded databases and a local keyring: a read is local and short, so a read route runs it on the event loop.
     reads_on_loop: bool
 
-    async def read_path(self, read: Callable[[], _T]) -> _T:
-        """Run a read route's database work: on the event loop for an embedded database, else in the route pool."""
-        return read() if self.reads_on_loop else await in_pool(read)
+    # The connections those reads use, one per event-loop thread, kept between requests.
+    loop_reads: HeldReads
+
+    async def read_path(self, read: Callable[[Connection], _T]) -> _T:
+        """Run a read route's database work (``read`` on a read connection): on the event loop when ``reads_on_loop``, else in the route pool."""
+        if self.reads_on_loop:
+            try:
+                with self.loop_reads.connection() as conn:
+                    return read(conn)
+            except SQLAlchemyError as exc:
+                raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
+        return await in_pool(functools.partial(self._read_pooled, read))
+
+    def _read_pooled(self, read: Callable[[Connection], _T]) -> _T:
+        with self.reading() as conn:
+            return read(conn)
 
     @contextmanager
     def unit(self) -> Iterator[Connection]:
@@ -120,7 +134,56 @@ class Services:
 
     def close(self) -> None:
         self.extract_jobs.close()
+        self.loop_reads.close()
         self.runtime.close()
+
+
+class HeldReads:
+    """One read connection per thread, kept checked out between requests; each use ends with its transaction rolled back.
+
+    For reads served on the event loop: a pool checkout and check-in (with
+    the pool's reset) cost as much as the policy, restriction and member
+    reads of a request together. A connection SQLAlchemy invalidated (or one
+    whose rollback failed) is dropped and replaced on the next use.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._engine.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        try:
+            yield conn
+        finally:
+            try:
+                conn.rollback()  # the read snapshot ends: the next request sees the latest commit
+            except SQLAlchemyError:
+                self._local.conn = None
+                self._discard(conn)
+                raise
+
+    def _discard(self, conn: Connection) -> None:
+        with self._lock:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        with contextlib.suppress(SQLAlchemyError):
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
 
 
 def build(settings: Settings) -> Services:
@@ -162,6 +225,7 @@ def build(settings: Settings) -> Services:
             sequencer=Sequencer(runtime.data_engine),
             read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on, in_pool),
             reads_on_loop=_all_local(settings, runtime),
+            loop_reads=HeldReads(runtime.data_engine),
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it
@@ -249,4 +313,4 @@ def finish_erasures(services: Services) -> int:
     return len(unfinished)
 
 
-__all__ = ["AuditPump", "ServiceHolder", "Services", "build", "finish_erasures"]
+__all__ = ["AuditPump", "HeldReads", "ServiceHolder", "Services", "build", "finish_erasures"]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
+from sqlalchemy import Connection
 from starlette.convertors import Convertor, register_url_convertor
 
 from api import problems as p
@@ -139,23 +140,21 @@ async def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
     return json_response(body)
 
 
-def _decide_and_read(member_id: str, r: MemberRead) -> tuple[MemberDecision, PendingRead[MemberView]]:
-    services = r.services
-    with services.reading() as conn:
-        decision = member_access(
-            services,
-            conn,
-            r.caller,
-            r.purpose,
-            member_id,
-            action="read",
-            categories=MEMBER_CATEGORIES,
-            request_id=r.request_id,
-            now=r.now,
-            break_glass=r.break_glass,
-        )
-        flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
-        return decision, services.members.prepare_read(conn, decision.access, member_id, then=flag)
+def _decide_and_read(member_id: str, r: MemberRead, conn: Connection) -> tuple[MemberDecision, PendingRead[MemberView]]:
+    decision = member_access(
+        r.services,
+        conn,
+        r.caller,
+        r.purpose,
+        member_id,
+        action="read",
+        categories=MEMBER_CATEGORIES,
+        request_id=r.request_id,
+        now=r.now,
+        break_glass=r.break_glass,
+    )
+    flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
+    return decision, r.services.members.prepare_read(conn, decision.access, member_id, then=flag)
 
 
 @router.patch(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
 from api.http import new_request_id
+from api.services import HeldReads
 from tests.api.conftest import Vault
+from vault.storage.engine import make_engine
 from vault.storage.readers import SqliteReader
 
 _ALPHABET = set("abcdefghjkmnpqrstuvwxyz")
@@ -56,3 +59,29 @@ def test_member_reads_run_on_the_event_loop_only_with_embedded_databases_and_a_l
     assert r.status_code == 200
     assert r.json()["member_id"] == member
     assert vault.journal_size() == before + 1  # its event was committed before the answer
+
+
+def test_held_reads_keep_one_connection_per_thread_and_end_each_snapshot(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'h.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    held = HeldReads(engine)
+    with held.connection() as first:
+        assert first.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+    with engine.begin() as conn:  # a commit between two requests
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with held.connection() as again:
+        assert again is first  # kept between uses on this thread
+        assert again.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1  # the earlier snapshot ended
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(held.connection().__enter__()))
+    thread.start()
+    thread.join()
+    assert other[0] is not first  # another thread, another connection
+    first.invalidate()
+    with held.connection() as fresh:
+        assert fresh is not first
+        assert fresh.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    held.close()
+    assert fresh.closed
+    engine.dispose()
