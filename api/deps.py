@@ -150,6 +150,14 @@ async def _member_read(
 MemberReadDep = Annotated[MemberRead, Depends(_member_read)]
 
 
+async def _read(request: Request, caller: CallerDep, x_purpose: PurposeHeader) -> MemberRead:
+    """``MemberReadDep`` for reads that take no break-glass reason."""
+    return await _member_read(request, caller, x_purpose, None)  # type: ignore[arg-type]  # None: no reason given
+
+
+ReadDep = Annotated[MemberRead, Depends(_read)]
+
+
 @dataclass(frozen=True, slots=True)
 class JsonBody:
     """A request body parsed strictly: the bytes (for typed validation and idempotency) and the value."""
@@ -229,6 +237,7 @@ __all__ = [
     "NowDep",
     "OptionalPurposeDep",
     "PurposeDep",
+    "ReadDep",
     "RequestIdDep",
     "ServicesDep",
     "model_or_problems",

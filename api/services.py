@@ -42,7 +42,7 @@ from audit.sequencer import Sequencer
 from audit.store import AuditJournal
 from keys.errors import KeysError
 from policies import DEFAULT_DIRECTORY
-from vault.access import Gatekeeper
+from vault.access import Gatekeeper, PendingRead, Refusal
 from vault.consent import ConsentGate, ConsentService, NoticeBook
 from vault.consent_check import ConsentCheck
 from vault.data_requests import DataRequestGate, DataRequestService
@@ -104,6 +104,11 @@ class Services:
             except SQLAlchemyError as exc:
                 raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
         return await in_pool(functools.partial(self._read_pooled, read))
+
+    async def settle(self, pending: PendingRead[_T]) -> _T | Refusal:
+        """A prepared read's result, once its event is durable (``read_events``); ``AuditStoreError`` (503) if it could not be."""
+        await self.read_events.commit(pending.event, now=pending.now, then=pending.then)
+        return pending.result
 
     def _read_pooled(self, read: Callable[[Connection], _T]) -> _T:
         with self.reading() as conn:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from vault import data_map as dm
-from vault.access import Access, Gatekeeper, Refusal, Target, category_names
+from vault.access import Access, Gatekeeper, PendingRead, Refusal, Target, category_names
 from vault.errors import NotFoundError, ValidationError
 from vault.ids import EntryId, new_id
 from vault.ledger import Ledger, LedgerEntry
@@ -63,7 +63,8 @@ class LedgerGate:
 
         return self._gk.perform(conn, access, target, allowed, append)
 
-    def page(self, conn: Connection, access: Access, member_id: str, *, after_seq: int, limit: int) -> LedgerPage | Refusal:
+    def page(self, conn: Connection, access: Access, member_id: str, *, after_seq: int, limit: int) -> PendingRead[LedgerPage]:
+        """Entries after ``after_seq``, at most ``limit``; the caller commits the event before it uses the page (``Gatekeeper.prepare_read``)."""
         allowed = dm.Category.financial in access.readable
         target = Target("list", RESOURCE, None, member_id, category_names(access.readable))
 
@@ -71,7 +72,7 @@ class LedgerGate:
             later = self._ledger.entries(conn, member_id, after_seq=after_seq, limit=limit + 1)
             return LedgerPage(later[:limit], len(later) > limit)
 
-        return self._gk.perform_read(conn, access, target, allowed, page)
+        return self._gk.prepare_read(access, target, allowed, page)
 
 
 __all__ = ["LEDGER_SET", "RESOURCE", "LedgerGate", "LedgerPage"]

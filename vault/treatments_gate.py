@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from vault import data_map as dm
-from vault.access import Access, Gatekeeper, Refusal, Target, category_names
+from vault.access import Access, Gatekeeper, PendingRead, Refusal, Target, category_names
 from vault.errors import NotFoundError
 from vault.ids import TreatmentId, new_id
 from vault.members import MemberRepository
@@ -69,8 +69,8 @@ class TreatmentGate:
 
     def page(
         self, conn: Connection, access: Access, member_id: str, *, after: str | None, limit: int, then: Callable[[Connection], None] | None = None
-    ) -> TreatmentPage | Refusal:
-        """Treatments after the one ``after`` names (none when it is not one of this member's), at most ``limit``."""
+    ) -> PendingRead[TreatmentPage]:
+        """Treatments after the one ``after`` names (none when it is not one of this member's), at most ``limit``; the caller commits the event first."""
         allowed = dm.Category.treatment in access.readable
         target = Target("list", RESOURCE, None, member_id, category_names(access.readable))
 
@@ -81,9 +81,10 @@ class TreatmentGate:
             start = 0 if after is None else next((i + 1 for i, t in enumerate(every) if t.treatment_id == after), len(every))
             return TreatmentPage(every[start : start + limit], start + limit < len(every))
 
-        return self._gk.perform_read(conn, access, target, allowed, page, then=then)
+        return self._gk.prepare_read(access, target, allowed, page, then=then)
 
-    def read(self, conn: Connection, access: Access, treatment_id: str, member_id: str | None) -> Treatment | Refusal:
+    def read(self, conn: Connection, access: Access, treatment_id: str, member_id: str | None) -> PendingRead[Treatment]:
+        """One treatment of ``member_id``; the caller commits the event before it uses the result (``Gatekeeper.prepare_read``)."""
         allowed = dm.Category.treatment in access.readable
         target = Target("read", RESOURCE, treatment_id, member_id, category_names(access.readable))
 
@@ -93,7 +94,7 @@ class TreatmentGate:
                 raise NotFoundError(f"no treatment {treatment_id}")
             return found
 
-        return self._gk.perform_read(conn, access, target, allowed, read)
+        return self._gk.prepare_read(access, target, allowed, read)
 
 
 __all__ = ["RESOURCE", "TreatmentGate", "TreatmentPage"]

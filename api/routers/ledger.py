@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+from sqlalchemy import Connection
 
 from api import problems as p
-from api.decisions import member_access
-from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
+from api.decisions import MemberDecision, member_access
+from api.deps import CallerDep, IdempotencyKeyDep, JsonBodyDep, NowDep, PurposeDep, ReadDep, RequestIdDep, ServicesDep
 from api.idempotency import StoredResponse, replay_if_retry
 from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
@@ -20,7 +21,8 @@ from api.responses import json_response, refuse
 from api.routers.members import MemberIdPath
 from api.schemas.ledger import SEQ_PATTERN, LedgerEntryCreate, LedgerEntryCreated, LedgerEntryResource, LedgerPage
 from vault import data_map as dm
-from vault.access import Refusal
+from vault import ledger_gate
+from vault.access import PendingRead, Refusal
 from vault.ledger import LedgerEntry
 from vault.ledger_gate import RESOURCE
 
@@ -79,21 +81,15 @@ def append_entry(
     response_model=None,
     responses={200: {"model": LedgerPage}, **p.READ_ERRORS},
 )
-@offloaded
-def list_entries(
-    member_id: MemberIdPath,
-    caller: CallerDep,
-    purpose: PurposeDep,
-    services: ServicesDep,
-    request_id: RequestIdDep,
-    now: NowDep,
-    cursor: CursorQuery = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-) -> Response:
+async def list_entries(member_id: MemberIdPath, r: ReadDep, cursor: CursorQuery = None, limit: LimitQuery = DEFAULT_LIMIT) -> Response:
     after = decode_cursor(cursor, SEQ_PATTERN)
-    with services.reading() as conn:
-        decision = member_access(services, conn, caller, purpose, member_id, action="read", categories=FINANCIAL, request_id=request_id, now=now)
-        page = services.ledger.page(conn, decision.access, member_id, after_seq=int(after or 0), limit=capped(limit))
+
+    def read(conn: Connection) -> tuple[MemberDecision, PendingRead[ledger_gate.LedgerPage]]:
+        decision = member_access(r.services, conn, r.caller, r.purpose, member_id, action="read", categories=FINANCIAL, request_id=r.request_id, now=r.now)
+        return decision, r.services.ledger.page(conn, decision.access, member_id, after_seq=int(after or 0), limit=capped(limit))
+
+    decision, pending = await r.services.read_path(read)
+    page = await r.services.settle(pending)
     if isinstance(page, Refusal):
         refuse(page, decision.access)
     items: list[object] = [{"entry_id": e.entry_id, "seq": e.seq, **e.values} for e in page.items]

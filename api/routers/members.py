@@ -130,8 +130,7 @@ def _created(stored: StoredResponse) -> Response:
 async def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
     """Decide and read (on the event loop for an embedded database), then await the event's durable commit, then answer."""
     decision, pending = await r.services.read_path(functools.partial(_decide_and_read, member_id, r))
-    await r.services.read_events.commit(pending.event, now=pending.now, then=pending.then)
-    view = pending.result
+    view = await r.services.settle(pending)
     if isinstance(view, Refusal):
         refuse(view, decision.access)
     body: dict[str, object] = {"member_id": view.member_id}

@@ -16,11 +16,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
+from sqlalchemy import Connection
 
 from api import problems as p
 from api.caller import Caller
-from api.decisions import member_access
-from api.deps import BreakGlassDep, CallerDep, IdempotencyKeyDep, JsonBody, JsonBodyDep, NowDep, PurposeDep, RequestIdDep, ServicesDep
+from api.decisions import MemberDecision, member_access
+from api.deps import CallerDep, IdempotencyKeyDep, JsonBody, JsonBodyDep, MemberReadDep, NowDep, PurposeDep, ReadDep, RequestIdDep, ServicesDep
 from api.idempotency import StoredResponse, replay_if_retry
 from api.offload import offloaded
 from api.paging import DEFAULT_LIMIT, ID_PATTERN, CursorQuery, LimitQuery, capped, decode_cursor, encode_cursor
@@ -28,7 +29,8 @@ from api.responses import json_response, refuse, review_queuer
 from api.routers.members import MemberIdPath
 from api.schemas.treatments import TreatmentCreate, TreatmentCreated, TreatmentPage, TreatmentResource
 from vault import data_map as dm
-from vault.access import Access, Refusal
+from vault import treatments_gate
+from vault.access import Access, PendingRead, Refusal
 from vault.treatments import Treatment
 from vault.treatments_gate import RESOURCE
 
@@ -90,25 +92,18 @@ def create_treatment(
     response_model=None,
     responses={200: {"model": TreatmentPage}, **p.READ_ERRORS},
 )
-@offloaded
-def list_treatments(
-    member_id: MemberIdPath,
-    caller: CallerDep,
-    purpose: PurposeDep,
-    break_glass: BreakGlassDep,
-    services: ServicesDep,
-    request_id: RequestIdDep,
-    now: NowDep,
-    cursor: CursorQuery = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-) -> Response:
+async def list_treatments(member_id: MemberIdPath, r: MemberReadDep, cursor: CursorQuery = None, limit: LimitQuery = DEFAULT_LIMIT) -> Response:
     after = decode_cursor(cursor, ID_PATTERN)
-    with services.reading() as conn:
+
+    def read(conn: Connection) -> tuple[MemberDecision, PendingRead[treatments_gate.TreatmentPage]]:
         decision = member_access(
-            services, conn, caller, purpose, member_id, action="read", categories=TREATMENT, request_id=request_id, now=now, break_glass=break_glass
+            r.services, conn, r.caller, r.purpose, member_id, action="read", categories=TREATMENT, request_id=r.request_id, now=r.now, break_glass=r.break_glass
         )
-        flag = review_queuer(member_id, caller.subject, decision.break_glass, request_id, now)
-        page = services.treatments.page(conn, decision.access, member_id, after=after, limit=capped(limit), then=flag)
+        flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
+        return decision, r.services.treatments.page(conn, decision.access, member_id, after=after, limit=capped(limit), then=flag)
+
+    decision, pending = await r.services.read_path(read)
+    page = await r.services.settle(pending)
     if isinstance(page, Refusal):
         refuse(page, decision.access)
     next_cursor = encode_cursor(page.items[-1].treatment_id) if page.more else None
@@ -121,17 +116,17 @@ def list_treatments(
     response_model=None,
     responses={200: {"model": TreatmentResource}, **p.READ_ERRORS},
 )
-@offloaded
-def read_treatment(
-    treatment_id: TreatmentIdPath, caller: CallerDep, purpose: PurposeDep, services: ServicesDep, request_id: RequestIdDep, now: NowDep
-) -> Response:
-    with services.reading() as conn:
-        owner = services.treatments.owner(conn, treatment_id)
+async def read_treatment(treatment_id: TreatmentIdPath, r: ReadDep) -> Response:
+    def read(conn: Connection) -> tuple[MemberDecision, PendingRead[Treatment]]:
+        owner = r.services.treatments.owner(conn, treatment_id)
         domain = None if owner is not None else "none"
         decision = member_access(
-            services, conn, caller, purpose, owner or "", action="read", categories=TREATMENT, request_id=request_id, now=now, domain=domain
+            r.services, conn, r.caller, r.purpose, owner or "", action="read", categories=TREATMENT, request_id=r.request_id, now=r.now, domain=domain
         )
-        found = services.treatments.read(conn, decision.access, treatment_id, owner)
+        return decision, r.services.treatments.read(conn, decision.access, treatment_id, owner)
+
+    decision, pending = await r.services.read_path(read)
+    found = await r.services.settle(pending)
     if isinstance(found, Refusal):
         refuse(found, decision.access)
     return json_response(_resource(found))
