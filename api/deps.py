@@ -1,11 +1,11 @@
 """FastAPI dependencies, as ``Annotated`` aliases that read naturally in a route.
 
-The short ones (headers, body parsing, the clock, the services once opened)
-are ``async``: FastAPI runs a sync dependency in the thread pool, one thread
-hop each, which costs more than their work. What touches a database —
-opening the services the first time and the token's revocation check — runs
-in a worker thread, so a slow database never blocks the event loop (and
-``/healthz`` with it).
+All are ``async``: FastAPI runs a sync dependency in the thread pool, one
+thread hop each, which costs more than the work of these. What may wait on
+a network or a slow start — opening the services the first time, the
+token's revocation check on PostgreSQL — runs in the route pool, so it never
+blocks the event loop (and ``/healthz`` with it); on an embedded database
+the revocation check is a local read done in place.
 
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route

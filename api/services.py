@@ -87,11 +87,10 @@ class Services:
     extract_jobs: ExtractJobs
     # One per process: it keeps the horizon below which the journal is known to be sequenced (audit.sequencer).
     sequencer: Sequencer
-    # The events of reads served on the event loop (``read_on_loop``), committed in groups by one writer thread at a time.
+    # The events of the reads that ``settle`` answers, committed in groups by one writer thread at a time.
     read_events: LoopGroupCommit
-    # Embedded databases and a local keyring: a read is local and short, so a read route runs it on the event loop.
+    # Embedded databases and a local keyring: a read is local and short, so ``read_path`` runs it on the event loop.
     reads_on_loop: bool
-
     # The connections those reads use, one per event-loop thread, kept between requests.
     loop_reads: HeldReads
 
