@@ -24,7 +24,7 @@ import sqlite3
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -163,6 +163,25 @@ class _Cache:
         return len(self._items)
 
 
+_INSERT_KEYS = "INSERT INTO member_keys (owner_id, scope, version, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _insert_keys_sql(conn: Connection) -> str:
+    """``create_scopes``' INSERT in the driver's positional parameter style (as ``_rewrap_sql`` gives the re-wrap UPDATE)."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        return _INSERT_KEYS
+    if style in ("format", "pyformat"):
+        return _INSERT_KEYS.replace("?", "%s")
+    raise ValueError(f"unsupported parameter style {style}")
+
+
+def _bound_created_at(conn: Connection, now: datetime) -> object:
+    """``now`` as ``member_keys.created_at``'s type binds it on this driver (what an ORM insert stores)."""
+    process = MemberKeyRow.__table__.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return now if process is None else process(now)
+
+
 class MemberKeys:
     """The member key store: its own engine, a KEK provider, a bounded cache."""
 
@@ -205,6 +224,43 @@ class MemberKeys:
         for owner, blob, cipher in fresh:
             self._cache.put((owner, scope, 1, blob), cipher)
             made[owner] = cipher
+        return made
+
+    def create_scopes(self, owners_by_scope: Mapping[str, Sequence[str]]) -> dict[str, dict[str, FieldCipher]]:
+        """``create`` for several scopes at once: version 1 of each scope for each of its owners, in one transaction.
+
+        The rows are ``create``'s (the same wrapping and associated data, the
+        wraps counted in the same transaction) with one creation time, inserted
+        by one ``executemany`` on the driver; the keys are drawn from the random
+        source at once. All or nothing: a failure (a key that exists already, an
+        unusable provider) writes no key of any scope. Returns the new keys by
+        scope, then owner.
+        """
+        made: dict[str, dict[str, FieldCipher]] = {scope: {} for scope in owners_by_scope}
+        wanted = [(owner, scope) for scope, owners in owners_by_scope.items() for owner in owners]
+        if not wanted:
+            return made
+        rows: list[tuple[str, str, int, int, bytes, object]] = []
+        fresh: list[tuple[str, str, bytes, FieldCipher]] = []
+        wraps: dict[int, int] = {}
+        with write_transaction(self.engine) as conn:
+            hold_kek(conn)
+            created_at = _bound_created_at(conn, self._now())
+            material = self._random(32 * len(wanted))  # every key from one draw of the random source
+            if len(material) != 32 * len(wanted):
+                raise ValueError("random source returned short key material")
+            for at, (owner, scope) in enumerate(wanted):
+                key = material[32 * at : 32 * at + 32]
+                kek_version, blob = self.provider.wrap(key, _member_aad(owner, scope, 1))
+                rows.append((owner, scope, 1, kek_version, blob, created_at))
+                fresh.append((owner, scope, blob, FieldCipher(key, 1)))
+                wraps[kek_version] = wraps.get(kek_version, 0) + 1
+            conn.exec_driver_sql(_insert_keys_sql(conn), rows)
+            for kek_version, n in wraps.items():
+                count_wraps(conn, kek_version, n)
+        for owner, scope, blob, cipher in fresh:
+            self._cache.put((owner, scope, 1, blob), cipher)
+            made[scope][owner] = cipher
         return made
 
     def get_or_create(self, owner: str, scope: str) -> FieldCipher:

@@ -13,6 +13,7 @@ worker processes gives the members one process gives, in range order.
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import os
 import sqlite3
@@ -26,16 +27,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy.exc import DBAPIError
 
 from api.runtime import Runtime, open_runtime
 from api.settings import Settings
 from keys.field_cipher import FieldCipher, FieldContext
 from vault import data_map as dm
 from vault.codec import RowSealer, encode, to_columns
-from vault.demo import seed_members, seed_members_parallel
-from vault.demo.seed import SeedWorkerError
+from vault.demo import SeedWorkerError, seed_members, seed_members_parallel
+from vault.ids import new_id
 from vault.ledger import Ledger
 from vault.members import MemberRepository
+from vault.storage.engine import make_engine
 from vault.storage.schema import Ciphertext, blind_index, ledger_entries, member_clinics, members, treatments
 from vault.treatments import TreatmentRepository
 
@@ -232,6 +235,20 @@ def test_seeded_members_read_back_through_the_repositories(runtime: Runtime) -> 
     assert (treated, entries) == (report.treatments, report.ledger_entries)
 
 
+def test_seeded_ids_have_the_form_of_new_id_and_are_all_distinct(runtime: Runtime) -> None:
+    """The seeder draws a group's ids at once; they look like ``new_id``'s and no two rows share one."""
+    seed_members(runtime.data_engine, runtime.keys, runtime.members, count=7, seed=2, now=NOW, batch=3)
+    with runtime.data_engine.connect() as conn:
+        ids = [
+            *conn.exec_driver_sql("SELECT member_id FROM members").scalars(),
+            *conn.exec_driver_sql("SELECT treatment_id FROM treatments").scalars(),
+            *conn.exec_driver_sql("SELECT entry_id FROM ledger_entries").scalars(),
+        ]
+    assert len(ids) > 7 * 10
+    assert len(set(ids)) == len(ids)
+    assert {(len(i), i == i.lower(), bytes.fromhex(i) != b"") for i in ids} == {(len(new_id()), True, True)}
+
+
 def test_seeding_leaves_the_sqlite_connections_as_the_engine_made_them(make_settings: Callable[..., Settings]) -> None:
     """The seeder's larger page cache and rarer WAL checkpoints are for its own connection while it seeds."""
     rt = open_runtime(make_settings())
@@ -246,6 +263,58 @@ def test_seeding_leaves_the_sqlite_connections_as_the_engine_made_them(make_sett
             assert (raw.execute("PRAGMA cache_size").fetchone()[0], raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == (-2000, 1000)
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-enabled", "gc-disabled"])
+def test_seeding_leaves_the_garbage_collector_as_it_found_it(runtime: Runtime, enabled: bool) -> None:
+    """The seeder pauses the cyclic garbage collector while it seeds, and only then."""
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        seed_members(runtime.data_engine, runtime.keys, runtime.members, count=3, seed=1, now=NOW, batch=2)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def _full_at_ten(table: str, counted: str) -> dict[str, list[str]]:
+    """A trigger that refuses a row of ``table`` that matches ``counted`` once it holds 10 such rows, per dialect."""
+    new_row, full = counted.format(row="NEW."), f"(SELECT count(*) FROM {table} WHERE {counted.format(row='')}) >= 10"
+    return {
+        "sqlite": [f"CREATE TRIGGER t_full BEFORE INSERT ON {table} WHEN {new_row} AND {full} BEGIN SELECT RAISE(ABORT, 'full'); END"],
+        "postgresql": [
+            "CREATE FUNCTION t_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF {new_row} AND {full} THEN RAISE EXCEPTION 'full'; END IF; RETURN NEW; END $$",
+            f"CREATE TRIGGER t_full BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION t_full()",
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("database", "table", "counted"),
+    [("data", "members", "true"), ("keys", "member_keys", "{row}scope = 'data'")],
+    ids=["the-next-groups-rows", "the-next-groups-keys"],
+)
+def test_a_failure_stops_the_seeding_once_the_group_before_it_is_committed_and_reported(runtime: Runtime, database: str, table: str, counted: str) -> None:
+    """A group is committed while the next is made: a failure writing the next group's rows or keys is raised after the committed group was reported."""
+    owner = make_engine(runtime.settings.data_migration_url if database == "data" else runtime.settings.keys_migration_url)
+    try:
+        with owner.begin() as conn:
+            for statement in _full_at_ten(table, counted)[owner.dialect.name]:
+                conn.exec_driver_sql(statement)
+    finally:
+        owner.dispose()
+    seen: list[int] = []
+
+    with pytest.raises(DBAPIError):
+        seed_members(runtime.data_engine, runtime.keys, runtime.members, count=40, seed=3, now=NOW, batch=5, progress=seen.append)
+
+    assert seen == [5, 10]  # the first group of two batches, committed and reported; nothing of the second
+    with runtime.data_engine.connect() as conn:
+        member_ids = list(conn.exec_driver_sql("SELECT member_id FROM members").scalars())
+        cards = sorted(str(runtime.members.read(conn, m, {dm.Category.membership}).values[dm.Category.membership]["card_no"]) for m in member_ids)
+        assert all(runtime.treatments.list_for_member(conn, m) and runtime.ledger.entries(conn, m) for m in member_ids)
+    assert cards == [f"MV{i:010d}" for i in range(10)]
 
 
 # -- worker processes ---------------------------------------------------------------------

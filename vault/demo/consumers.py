@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select
 
-from vault.clients import ClientRegistry
-from vault.extracts.consumers import ConsumerRegistry
 from vault.purposes import Purpose
 from vault.roles import Role
 from vault.storage.schema import consumers
+
+if TYPE_CHECKING:  # annotations only: the extracts' writers import pyarrow, which a seeding worker process need not load
+    from vault.clients import ClientRegistry
+    from vault.extracts.consumers import ConsumerRegistry
 
 
 @dataclass(frozen=True, slots=True)
