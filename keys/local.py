@@ -90,6 +90,20 @@ class LocalKeyring:
         except InvalidTag:
             raise DecryptionError from None
 
+    def unwrap_many(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[bytes]:
+        self._refresh()  # once per batch, not per key: a version retired by another process is dead from the next batch
+        aeads = self._aeads
+        out = []
+        for kek_version, blob, aad in items:
+            aead = aeads.get(kek_version)
+            if aead is None or len(blob) <= _NONCE:
+                raise DecryptionError
+            try:
+                out.append(aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad))
+            except InvalidTag:
+                raise DecryptionError from None
+        return out
+
     def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
         self._refresh()  # once per batch, not per key
         version = self._current

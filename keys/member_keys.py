@@ -67,6 +67,11 @@ def _load_many_statement(dialect: str) -> Select[str, str, int, int, bytes]:
     return select(owner, *_KEY_COLUMNS).where(MemberKeyRow.scope == bindparam("scope"), among)
 
 
+_LOAD_MANY_SQLITE = (  # ``_load_many_statement`` on SQLite, for the driver
+    "SELECT owner_id, scope, version, kek_version, wrapped FROM member_keys WHERE scope = ? AND owner_id IN (SELECT value FROM json_each(?))"
+)
+
+
 def _owners_param(dialect: str, owners: Sequence[str]) -> list[str] | str:
     return list(owners) if dialect == "postgresql" else json.dumps(list(owners))
 
@@ -297,19 +302,27 @@ class MemberKeys:
         their number), and the keys are unwrapped without the cache: a bulk
         reader reads each owner once, so caching would only evict the keys of
         interactive readers. Liveness holds as in ``load``: every key returned
-        was read from the key store in this call.
+        was read from the key store in this call, and the provider checks its
+        KEKs once for the batch (``unwrap_many``: on the local keyring, one
+        ``stat`` and, if the file changed, one re-read with its permission
+        check).
         """
         if not owners:
             return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(_load_many_statement(conn.dialect.name), {"scope": scope, "owners": _owners_param(conn.dialect.name, owners)}).all()
+        rows: Sequence[tuple[str, str, int, int, bytes]]
+        if self._sqlite is not None:  # straight on the driver, as ``load`` reads (no pool checkout, no ``Row`` per key)
+            rows = self._sqlite._connection().execute(_LOAD_MANY_SQLITE, (scope, json.dumps(list(owners)))).fetchall()
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(_load_many_statement(conn.dialect.name), {"scope": scope, "owners": _owners_param(conn.dialect.name, owners)}).all()
+        aead_data = _member_aad
+        keys = self.provider.unwrap_many([(kek_version, bytes(wrapped), aead_data(owner, s, version)) for owner, s, version, kek_version, wrapped in rows])
         found: dict[str, MemberKeySet] = {}
-        unwrap, aead_data = self.provider.unwrap, _member_aad
-        for owner, key_scope, version, kek_version, wrapped in rows:
+        for (owner, key_scope, version, _, _), key in zip(rows, keys, strict=True):
             keyset = found.get(owner)
             if keyset is None:
                 keyset = found[owner] = MemberKeySet(owner, {})
-            keyset.ciphers[(key_scope, version)] = FieldCipher(unwrap(kek_version, bytes(wrapped), aead_data(owner, key_scope, version)), version)
+            keyset.ciphers[(key_scope, version)] = FieldCipher(key, version)
         return found
 
     def _fetch(self, stmt: Select[str, int, int, bytes], params: dict[str, str]) -> Sequence[tuple[str, int, int, bytes]]:

@@ -117,6 +117,10 @@ class Pkcs11Provider:
             except PKCS11Error:
                 raise DecryptionError from None
 
+    def unwrap_many(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[bytes]:
+        """One token call per blob (the token does the work; there is no file to re-read)."""
+        return [self.unwrap(kek_version, blob, aad) for kek_version, blob, aad in items]
+
     def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
         return [self.wrap(self.unwrap(kek_version, blob, aad), aad) for kek_version, blob, aad in items]
 

@@ -35,6 +35,13 @@ class KekProvider(Protocol):
 
     def unwrap(self, kek_version: int, blob: bytes, aad: bytes) -> bytes: ...
 
+    def unwrap_many(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[bytes]:
+        """``unwrap`` of each (kek_version, blob, aad), in order (bulk readers): the provider's state is checked once for the batch.
+
+        All or nothing: any blob that does not unwrap fails the whole call with the one ``DecryptionError``.
+        """
+        ...
+
     def rewrap(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes]]:
         """Unwrap each (kek_version, blob, aad) and wrap it again under the current KEK, in order."""
         ...

@@ -116,6 +116,37 @@ def test_unwrap_under_an_unknown_kek_version_fails(provider: KekProvider, unknow
         provider.unwrap(unknown, blob, AAD)
 
 
+def test_unwrap_many_returns_each_key_in_order(provider: KekProvider) -> None:
+    keys = [bytes([i]) * 32 for i in range(3)]
+    aads = [AAD, OTHER_AAD, AAD + b"|2"]
+    wrapped = [(*provider.wrap(key, aad), aad) for key, aad in zip(keys, aads, strict=True)]
+
+    assert provider.unwrap_many(wrapped) == keys
+    assert provider.unwrap_many([]) == []
+
+
+def test_unwrap_many_with_one_tampered_blob_fails_the_whole_batch(provider: KekProvider) -> None:
+    good = (*provider.wrap(KEY, AAD), AAD)
+    version, blob = provider.wrap(KEY, OTHER_AAD)
+    tampered = bytearray(blob)
+    tampered[-1] ^= 1
+
+    with pytest.raises(DecryptionError) as caught:
+        provider.unwrap_many([good, (version, bytes(tampered), OTHER_AAD), good])
+    assert str(caught.value) == "Decryption failed."
+
+
+def test_unwrap_many_with_another_blob_s_aad_or_an_unknown_version_fails(provider: KekProvider) -> None:
+    version, blob = provider.wrap(KEY, AAD)
+
+    with pytest.raises(DecryptionError):
+        provider.unwrap_many([(version, blob, OTHER_AAD)])
+    with pytest.raises(DecryptionError):
+        provider.unwrap_many([(version + 1, blob, AAD)])
+    with pytest.raises(DecryptionError):
+        provider.unwrap_many([(version, blob[:12], AAD)])
+
+
 def test_a_fresh_provider_lists_one_live_version(provider: KekProvider) -> None:
     assert provider.current_version() == 1
     assert [(info.version, info.retired) for info in provider.versions()] == [(1, False)]
@@ -245,6 +276,33 @@ def test_local_keyring_made_group_readable_after_open_is_refused_on_next_reload(
     with pytest.raises(KeyringError) as caught:
         keyring.check()
     assert str(caught.value) == f"keyring is accessible by group or others (mode 640); chmod 600 {keyring_path}"
+
+
+def test_local_unwrap_many_refuses_a_keyring_made_world_readable_after_open(keyring_path: Path) -> None:
+    """A bulk read re-reads a changed keyring once per batch, with the permission check, rather than trusting it from memory."""
+    keyring = LocalKeyring.create(keyring_path)
+    wrapped = (*keyring.wrap(KEY, AAD), AAD)
+    assert keyring.unwrap_many([wrapped]) == [KEY]
+    keyring_path.chmod(0o604)
+    os.utime(keyring_path, ns=(0, 0))  # the change a rewrite by another process would make
+
+    with pytest.raises(KeyringError) as caught:
+        keyring.unwrap_many([wrapped])
+    assert str(caught.value) == f"keyring is accessible by group or others (mode 604); chmod 600 {keyring_path}"
+
+
+def test_local_unwrap_many_after_a_retire_by_another_instance_fails(keyring_path: Path) -> None:
+    """Liveness: a KEK version retired by another process is dead for the next batch here."""
+    first = LocalKeyring.create(keyring_path)
+    old = (*first.wrap(KEY, AAD), AAD)
+    first.rotate()
+    second = LocalKeyring(keyring_path)
+    assert second.unwrap_many([old]) == [KEY]
+
+    first.retire(old[0])
+
+    with pytest.raises(DecryptionError):
+        second.unwrap_many([old])
 
 
 def test_local_keyring_missing_is_refused(keyring_path: Path) -> None:

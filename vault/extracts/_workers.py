@@ -21,9 +21,12 @@ that dies is noticed within a second; either stops the extract.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.process
 import queue
+import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -94,8 +97,9 @@ class WorkerPool:
         ]
 
     def __enter__(self) -> Self:
-        for process in self._processes:
-            process.start()
+        with _main_left_alone():
+            for process in self._processes:
+                process.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
@@ -172,6 +176,24 @@ class WorkerPool:
         if not isinstance(message, _Done):
             raise ExtractWorkerError("an extract worker answered out of turn")
         return message
+
+
+@contextlib.contextmanager
+def _main_left_alone() -> Iterator[None]:
+    """While workers start, ``__main__`` is an empty module: a spawned worker does not run this process's main script again.
+
+    ``spawn`` re-imports the parent's main module in each child, for targets
+    defined there. A worker's target and arguments live in importable modules
+    (this one, ``Profiling``, the opener), so it needs none of it, and
+    ``vaultctl``'s main script imports the whole command line: about 0.5 s of
+    CPU and 60 MB a worker.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _serve(

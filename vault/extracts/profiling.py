@@ -79,9 +79,11 @@ class Profiler:
         job, builders, pseudonym, as_of = self._job, self._builders, self._pseudonym, self._as_of
         lines = []
         counted: list[Counted] = []
+        qi_index = job.qi_index
         for row in batch:
             profile = builders[job.health and row.health].build(row.facts, as_of)
-            qi = tuple(profile.qi[i] for i in job.qi_index)
+            level0 = profile.qi
+            qi = tuple([level0[i] for i in qi_index])
             sensitive = tuple(hashable(profile.sensitive[i]) for i in job.sensitive_index) if job.sensitive_index else None
             counted.append((qi, sensitive))
             lines.append(_SPOOL_JSON([row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain]))
@@ -103,8 +105,10 @@ def id_ranges(engine: Engine, size: int) -> Iterator[tuple[str, str | None]]:
 
 
 def hashable(value: object) -> str | tuple[str, ...] | None:
+    if type(value) is str:  # the common case first (a str is its own ``str``)
+        return value
     if isinstance(value, list | tuple):
-        return tuple(str(v) for v in value)
+        return tuple(map(str, value))
     return None if value is None else str(value)
 
 

@@ -43,6 +43,7 @@ from vault.extracts.writers import BatchEncoder, Encoded
 from vault.storage.schema import extract_members, extracts
 
 OutRow = tuple[str | tuple[str, ...] | None, ...]
+_JSON = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +93,8 @@ class Releaser:
         job, mask_rfm, release, plain_names = self._job, self._mask_rfm, self._job.plan.release, self._job.plain_names
         ids: list[str] = []
         rows: list[OutRow] = []
-        for line in chunk.decode("utf-8").splitlines():
-            member_id, pseudonym, qi, sensitive, plain = json.loads(line)
+        # The chunk's lines as one JSON array: one parse per chunk, not per line (a JSON line holds no raw newline).
+        for member_id, pseudonym, qi, sensitive, plain in _JSON.decode("[" + chunk.decode("utf-8").rstrip("\n").replace("\n", ",") + "]"):
             released = release(tuple(qi), None if sensitive is None else tuple(hashable(v) for v in sensitive))
             if released is None:
                 continue

@@ -31,25 +31,25 @@ store and member repository.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Dialect, LargeBinary, Row, String, and_, bindparam, case, func, select, type_coerce
+from sqlalchemy import Connection, bindparam, select
 
 from keys.errors import KeyNotFoundError
-from keys.field_cipher import FieldCipher
 from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
 from vault import data_map as dm
-from vault.codec import open_sealed
+from vault.codec import RowOpener
 from vault.consent import ConsentService, NoticeBook
 from vault.data_requests.model import RequestType, Status
+from vault.extracts._reads import BatchReads, batch_reads
 from vault.extracts.profile import MemberFacts
 from vault.members import MemberRepository
 from vault.purposes import Purpose
 from vault.storage.among import among
-from vault.storage.schema import data_requests, ledger_entries, members, treatments
+from vault.storage.schema import data_requests, members
 
 YEAR = timedelta(days=365)
 _MEMBER = dm.fields_by_name(dm.Table.members)
@@ -107,7 +107,7 @@ class ProfileSource:
         if until is not None:
             page = page.where(m.member_id <= until)
         page = page.order_by(m.member_id).limit(self._batch)
-        columns = [m.member_id, m.key_version, *(type_coerce(m[f.name], _SEALED) if f.encrypted else m[f.name] for f in wanted)]
+        reads, opener = batch_reads(conn, wanted), RowOpener(wanted)
         while True:
             ids = [str(i) for i in conn.scalars(page, {"after": after})]
             if not ids:
@@ -117,23 +117,23 @@ class ProfileSource:
             if not eligible:
                 yield []
                 continue
-            chosen = sorted(eligible)
-            rows = conn.execute(select(*columns).where(among(conn.dialect, m.member_id, chosen), m.erased_at.is_(None)).order_by(m.member_id)).all()
-            yield self._batch_rows(conn, rows, wanted, [str(r[0]) for r in rows], want_health=want_health, now=now)
+            rows = reads.members(sorted(eligible))
+            yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], want_health=want_health, now=now)
 
     def _batch_rows(
-        self, conn: Connection, rows: Sequence[Row[Any]], wanted: list[dm.Field], chosen: list[str], *, want_health: bool, now: datetime
+        self, conn: Connection, reads: BatchReads, rows: Sequence[Sequence[Any]], opener: RowOpener, chosen: list[str], *, want_health: bool, now: datetime
     ) -> list[SourceRow]:
         health = self._consent.live_among(conn, chosen, Purpose.health_data, now) if want_health else set()
         keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
-        visits = _visits(conn, chosen, since)
-        ledger = _ledger(conn, chosen, since)
+        visits = _visits(reads.visits(chosen, since))
+        ledger = _ledger(reads.balances(chosen), reads.spends(chosen, since))
         out = []
         nothing: tuple[int, date | None, dict[str, int]] = (0, None, {})
         no_money = _Money()
+        names = [f.name for f in opener.fields]
         for r in rows:
-            member_id, key_version, *sealed = tuple(r)
+            member_id, key_version, *sealed = r
             keyset = keys.get(member_id)
             if keyset is None:
                 continue
@@ -141,27 +141,12 @@ class ProfileSource:
                 cipher = keyset.get(DATA_SCOPE, int(key_version))
             except KeyNotFoundError:
                 continue  # shredded meanwhile
-            values = {f.name: open_sealed(cipher, f, member_id, v) if f.encrypted else v for f, v in zip(wanted, sealed, strict=True)}
+            values = dict(zip(names, opener.row(cipher, member_id, sealed), strict=True))
             count, last, categories = visits.get(member_id, nothing)
             balance, spend = _money(keyset, ledger.get(member_id, no_money))
             facts = MemberFacts(values=values, spend_12m=spend, balance=balance, visits_12m=count, last_visit=last, categories_12m=categories)
             out.append(SourceRow(member_id, facts, member_id in health))
         return out
-
-
-class _Sealed(LargeBinary):
-    """A ciphertext column read as the driver's ``bytes`` (SQLite and psycopg both give ``bytes``): no per-value conversion."""
-
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
-
-
-_SEALED = _Sealed()
 
 
 def _restricted(conn: Connection, ids: list[str]) -> set[str]:
@@ -170,22 +155,15 @@ def _restricted(conn: Connection, ids: list[str]) -> set[str]:
     return {str(m) for m in conn.scalars(stmt)}
 
 
-def _visits(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, tuple[int, date | None, dict[str, int]]]:
-    """Per member: treatments since ``since``, the last treatment's day, and the recent treatments by category (one query).
+def _visits(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, date | None, dict[str, int]]]:
+    """Per member: treatments since the reads' moment, the last treatment's day, and the recent treatments by category.
 
     On SQLite a moment is stored as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``):
     the last treatment's day is read from its first ten characters rather than
     parsed into a datetime per row.
     """
-    t = treatments.c
-    recent = func.sum(case((t.performed_at >= since, 1), else_=0))
-    last_moment: ColumnElement[Any] = func.max(t.performed_at)
-    if conn.dialect.name == "sqlite":
-        last_moment = type_coerce(last_moment, String)
     found: dict[str, tuple[int, date | None, dict[str, int]]] = {}
-    for member_id, category, count, last in conn.execute(
-        select(t.member_id, t.category, recent, last_moment).where(among(conn.dialect, t.member_id, ids)).group_by(t.member_id, t.category)
-    ).all():
+    for member_id, category, count, last in rows:
         total, latest, by_category = found.get(member_id, (0, None, {}))
         day = None if last is None else date.fromisoformat(last[:10]) if isinstance(last, str) else _day(last)
         if count:
@@ -204,34 +182,30 @@ class _Money:
     spends: list[tuple[str, int, bytes]] = field(default_factory=list)  # entry id, key version, sealed amount
 
 
-def _ledger(conn: Connection, ids: Sequence[str], since: datetime) -> dict[str, _Money]:
-    e = ledger_entries.c
+def _ledger(balances: Iterable[Sequence[Any]], spends: Iterable[Sequence[Any]]) -> dict[str, _Money]:
     found: dict[str, _Money] = defaultdict(_Money)
-    latest = select(e.member_id, func.max(e.seq).label("seq")).where(among(conn.dialect, e.member_id, ids)).group_by(e.member_id).subquery()
-    for member_id, entry_id, version, sealed in conn.execute(
-        select(e.member_id, e.entry_id, e.key_version, type_coerce(e.balance_after, _SEALED)).join(
-            latest, and_(e.member_id == latest.c.member_id, e.seq == latest.c.seq)
-        )
-    ).all():
+    for member_id, entry_id, version, sealed in balances:
         found[member_id].last = (entry_id, version, sealed)
-    for member_id, entry_id, version, sealed in conn.execute(
-        select(e.member_id, e.entry_id, e.key_version, type_coerce(e.amount, _SEALED)).where(
-            among(conn.dialect, e.member_id, ids), e.entry_type == "spend", e.occurred_at >= since
-        )
-    ).all():
+    for member_id, entry_id, version, sealed in spends:
         found[member_id].spends.append((entry_id, version, sealed))
     return found
 
 
-def _money(keyset: MemberKeySet, money: _Money) -> tuple[int, int]:
-    def amount(field: str, entry: tuple[str, int, bytes]) -> int:
-        entry_id, version, sealed = entry
-        cipher: FieldCipher = keyset.get(DATA_SCOPE, version)
-        value = open_sealed(cipher, _LEDGER[field], entry_id, sealed)
-        return value if isinstance(value, int) else 0
+_BALANCE, _AMOUNT = RowOpener([_LEDGER["balance_after"]]), RowOpener([_LEDGER["amount"]])
 
-    balance = 0 if money.last is None else amount("balance_after", money.last)
-    return balance, sum(amount("amount", s) for s in money.spends)
+
+def _money(keyset: MemberKeySet, money: _Money) -> tuple[int, int]:
+    balance = 0 if money.last is None else _amount(keyset, _BALANCE, money.last)
+    spend = 0
+    for entry in money.spends:
+        spend += _amount(keyset, _AMOUNT, entry)
+    return balance, spend
+
+
+def _amount(keyset: MemberKeySet, opener: RowOpener, entry: tuple[str, int, bytes]) -> int:
+    entry_id, version, sealed = entry
+    value = opener.row(keyset.get(DATA_SCOPE, version), entry_id, (sealed,))[0]
+    return value if isinstance(value, int) else 0
 
 
 __all__ = ["ProfileSource", "SourceRow", "SourceSpec"]
