@@ -89,7 +89,7 @@ from vault.storage.engine import write_transaction
 
 SEED = 7
 CONSUMER = "loyalty-app"
-_SEEDER_SOURCES = ("vault/demo/seed.py", "vault/demo/consents.py", "vault/demo/consumers.py", "vault/demo/catalog.py")
+_SEEDER_PACKAGE = "vault/demo"  # every module of it: the seeder is split over several
 
 
 def _settings(data_dir: Path) -> Settings:
@@ -100,8 +100,8 @@ def seeder_revision() -> str:
     """A short hash of the seeder's source: a cached vault is reused only while the seeder is unchanged."""
     root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
-    for name in _SEEDER_SOURCES:
-        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    for path in sorted((root / _SEEDER_PACKAGE).glob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
