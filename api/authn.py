@@ -92,10 +92,19 @@ class KeySource:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, signing: SigningKeys, data_engine: Engine, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        signing: SigningKeys,
+        data_engine: Engine,
+        *,
+        all_local: bool = False,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._settings = settings
         self._engine = data_engine
         self._sqlite = SqliteReader.of(data_engine)
+        self._all_local = all_local
         self.keys = KeySource(settings, signing)
         self._verifier = TokenVerifier(self.keys, audience=settings.audience, now=now)
         self.refusals: Counter[str] = Counter()
@@ -117,8 +126,18 @@ class Authenticator:
 
     @property
     def answers_inline(self) -> bool:
-        """True when ``authenticate`` touches no network: safe to call on the event loop (an embedded database)."""
-        return self._sqlite is not None
+        """True when ``authenticate`` touches no network, so it may run on the event loop.
+
+        Besides the revocation read (the data database), a key refresh reads
+        the key store and may unwrap a signing key through the KEK provider:
+        all of them must be local (``all_local``: embedded databases and the
+        local keyring), not only the data database.
+        """
+        return self._all_local and self._sqlite is not None
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def _revoked(self, token_id: str, client_id: str | None) -> bool:
         """One statement: is the jti revoked, and is the vault client (if any) unknown or revoked?"""

@@ -3,9 +3,10 @@
 All are ``async``: FastAPI runs a sync dependency in the thread pool, one
 thread hop each, which costs more than the work of these. What may wait on
 a network or a slow start — opening the services the first time, the
-token's revocation check on PostgreSQL — runs in the route pool, so it never
-blocks the event loop (and ``/healthz`` with it); on an embedded database
-the revocation check is a local read done in place.
+token check unless everything it may touch is local — runs in the route
+pool, so it never blocks the event loop (and ``/healthz`` with it). With
+embedded databases and the local keyring the token check (signature, claims,
+revocation read on the driver) is done in place.
 
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route
@@ -48,7 +49,7 @@ ServicesDep = Annotated[Services, Depends(_services)]
 
 
 async def _caller(request: Request) -> Caller:
-    """The verified caller, or 401. On an embedded database the whole check (signature, claims, revocation) is local.
+    """The verified caller, or 401. With embedded databases and the local keyring the whole check is local, done in place.
 
     The services are taken by a plain call, not as a sub-dependency: FastAPI
     solves a dependency's sub-dependencies again wherever it appears, and

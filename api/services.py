@@ -14,6 +14,7 @@ sweeps extract jobs (interrupted ones failed, kept data past its time purged).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import threading
@@ -64,6 +65,8 @@ from vault.treatments_gate import TreatmentGate
 log = structlog.get_logger("api.services")
 PUMP_INTERVAL_SECONDS = 1.0
 _T = TypeVar("_T")
+_D = TypeVar("_D")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -87,29 +90,41 @@ class Services:
     extract_jobs: ExtractJobs
     # One per process: it keeps the horizon below which the journal is known to be sequenced (audit.sequencer).
     sequencer: Sequencer
-    # The events of the reads that ``settle`` answers, committed in groups by one writer thread at a time.
+    # The events of ``audited_read``'s reads, committed in groups by one writer thread at a time.
     read_events: LoopGroupCommit
-    # Embedded databases and a local keyring: a read is local and short, so ``read_path`` runs it on the event loop.
+    # Embedded databases and a local keyring: a read is local and short, so ``audited_read`` runs it on the event loop.
     reads_on_loop: bool
     # The connections those reads use, one per event-loop thread, kept between requests.
     loop_reads: HeldReads
 
-    async def read_path(self, read: Callable[[Connection], _T]) -> _T:
-        """Run a read route's database work (``read`` on a read connection): on the event loop when ``reads_on_loop``, else in the route pool."""
+    async def audited_read(self, read: Callable[[Connection], tuple[_D, PendingRead[_T]]]) -> tuple[_D, _T | Refusal]:
+        """Run a read route's decision and read (``read`` on a read connection), then make its event durable; its result only then.
+
+        With ``reads_on_loop`` the read runs here, on the event loop, and the
+        event is queued before anything is awaited. Otherwise the read runs
+        in the route pool and the rest is shielded from the request's
+        cancellation: a decision once made is journaled even if the client
+        has gone. ``AuditStoreError`` (503) when the event could not be made
+        durable; nothing of the result is returned then.
+        """
         if self.reads_on_loop:
             try:
                 with self.loop_reads.connection() as conn:
-                    return read(conn)
+                    decided, pending = read(conn)
             except SQLAlchemyError as exc:
                 raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
-        return await in_pool(functools.partial(self._read_pooled, read))
+            return decided, await self._settle(pending)
+        return await asyncio.shield(self._pooled_read(read))
 
-    async def settle(self, pending: PendingRead[_T]) -> _T | Refusal:
-        """A prepared read's result, once its event is durable (``read_events``); ``AuditStoreError`` (503) if it could not be."""
+    async def _pooled_read(self, read: Callable[[Connection], tuple[_D, PendingRead[_T]]]) -> tuple[_D, _T | Refusal]:
+        decided, pending = await in_pool(functools.partial(self._read_pooled, read))
+        return decided, await self._settle(pending)
+
+    async def _settle(self, pending: PendingRead[_T]) -> _T | Refusal:
         await self.read_events.commit(pending.event, now=pending.now, then=pending.then)
         return pending.result
 
-    def _read_pooled(self, read: Callable[[Connection], _T]) -> _T:
+    def _read_pooled(self, read: Callable[[Connection], _R]) -> _R:
         with self.reading() as conn:
             return read(conn)
 
@@ -126,9 +141,10 @@ class Services:
     def reading(self) -> Iterator[Connection]:
         """A read-only request's connection, in autobegin mode: reads take no write lock (SQLite).
 
-        Its gate ends the read transaction and commits the request's event in a
-        short write transaction before any data is returned
-        (``Gatekeeper.perform_read``); anything left open is rolled back.
+        The request's event is committed before any data is returned: by its
+        gate in a short write transaction on this connection
+        (``Gatekeeper.perform_read``), or by ``audited_read``; anything left
+        open is rolled back.
         """
         try:
             with self.runtime.data_engine.connect() as conn:
@@ -139,6 +155,8 @@ class Services:
     def close(self) -> None:
         self.extract_jobs.close()
         self.loop_reads.close()
+        self.read_events.close()
+        self.authenticator.close()
         self.runtime.close()
 
 
@@ -147,8 +165,10 @@ class HeldReads:
 
     For reads served on the event loop: a pool checkout and check-in (with
     the pool's reset) cost as much as the policy, restriction and member
-    reads of a request together. A connection SQLAlchemy invalidated (or one
-    whose rollback failed) is dropped and replaced on the next use.
+    reads of a request together. A use that ends in an exception, or whose
+    rollback fails, drops the connection (closed, returned to the pool): the
+    next use opens a fresh one, so no state a failure left (an unfinished
+    ``BEGIN``, an invalidated driver connection) outlives the request.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -167,13 +187,11 @@ class HeldReads:
                 self._opened.append(conn)
         try:
             yield conn
-        finally:
-            try:
-                conn.rollback()  # the read snapshot ends: the next request sees the latest commit
-            except SQLAlchemyError:
-                self._local.conn = None
-                self._discard(conn)
-                raise
+            conn.rollback()  # the read snapshot ends: the next request sees the latest commit
+        except BaseException:
+            self._local.conn = None
+            self._discard(conn)
+            raise
 
     def _discard(self, conn: Connection) -> None:
         with self._lock:
@@ -193,6 +211,7 @@ class HeldReads:
 def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
+        local = _all_local(settings, runtime)
         gatekeeper = Gatekeeper(AuditJournal())
         feed = DeletionFeed(lambda: runtime.keys.root_key(PSEUDONYM_ROOT))
         consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days), feed=feed)
@@ -207,7 +226,7 @@ def build(settings: Settings) -> Services:
             members=MemberGate(runtime.members, gatekeeper),
             treatments=TreatmentGate(runtime.treatments, runtime.members, gatekeeper),
             ledger=LedgerGate(runtime.ledger, runtime.members, gatekeeper),
-            authenticator=Authenticator(settings, runtime.signing, runtime.data_engine),
+            authenticator=Authenticator(settings, runtime.signing, runtime.data_engine, all_local=local),
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
@@ -227,8 +246,8 @@ def build(settings: Settings) -> Services:
             extracts=extracts,
             extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
             sequencer=Sequencer(runtime.data_engine),
-            read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on, in_pool),
-            reads_on_loop=_all_local(settings, runtime),
+            read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on),
+            reads_on_loop=local,
             loop_reads=HeldReads(runtime.data_engine),
         )
         with write_transaction(runtime.data_engine) as conn:

@@ -36,7 +36,8 @@ import asyncio
 import contextvars
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,28 +183,24 @@ class LoopGroupCommit:
     transaction holding the caller's event has committed, a failed
     transaction refuses every request of its group, a failing ``then`` fails
     only its own — without a thread per waiting request. Events handed over
-    on the loop queue up; one write at a time runs in ``run_in_thread`` on a
+    on the loop queue up; one write at a time runs on this object's own
+    writer thread (so a busy thread pool never holds up a commit), on a
     connection of its own (``connect``, then ``begin``), taking every event
     queued when it starts; events arriving meanwhile form the next group.
-    Use it from one event loop only (its queue is not locked).
+    It serves one event loop at a time (its queue is not locked): another
+    loop may take over once the first has no write in flight, or has closed.
     """
 
     def __init__(
-        self,
-        journal: AuditJournal,
-        connect: Callable[[], AbstractContextManager[Connection]],
-        begin: Begin,
-        run_in_thread: Callable[[Callable[[], None]], Awaitable[None]],
-        *,
-        max_group: int = DEFAULT_MAX_GROUP,
+        self, journal: AuditJournal, connect: Callable[[], AbstractContextManager[Connection]], begin: Begin, *, max_group: int = DEFAULT_MAX_GROUP
     ) -> None:
         if max_group < 1:
             raise ValueError("max_group must be at least 1")
         self._journal = journal
         self._connect = connect
         self._begin = begin
-        self._run_in_thread = run_in_thread
         self._max_group = max_group
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self._waiting: list[_Awaited] = []
         self._writer: asyncio.Task[None] | None = None
         self.groups = 0  # transactions committed or attempted (for benchmarks and tests)
@@ -211,24 +208,34 @@ class LoopGroupCommit:
     async def commit(self, event: AuditEvent, *, now: datetime | None = None, then: Callable[[Connection], None] | None = None) -> None:
         """Make ``event`` (and ``then``'s writes) durable; return once committed, or raise ``AuditStoreError`` or what ``then`` raised.
 
-        A request cancelled while it waits does not take its event back: it is
-        committed with its group all the same (the decision was made), and
-        nobody is told.
+        The event is queued before anything is awaited: a request cancelled
+        while it waits does not take its event back, it is committed with its
+        group all the same (the decision was made), and nobody is told.
         """
-        entry = _Awaited(event, now, then, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if self._writer is not None and self._writer.get_loop() is not loop:
+            if not self._writer.get_loop().is_closed():
+                raise RuntimeError("a LoopGroupCommit serves one event loop at a time")
+            self._writer, self._waiting = None, []  # that loop closed with its waiters: none of them is waiting any more
+        entry = _Awaited(event, now, then, loop.create_future())
         self._waiting.append(entry)
         if self._writer is None:  # in a context of its own: it writes for many requests, it is none of theirs (nor their log context)
-            self._writer = asyncio.get_running_loop().create_task(self._write_all(), context=contextvars.Context())
+            self._writer = loop.create_task(self._write_all(), context=contextvars.Context())
         await entry.settled
 
+    def close(self) -> None:
+        """Stop the writer thread once its write in flight, if any, is done."""
+        self._thread.shutdown(wait=True)
+
     async def _write_all(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._waiting:
                 group = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
                 self.groups += 1
                 try:
-                    await self._run_in_thread(functools.partial(self._write, group))
+                    await loop.run_in_executor(self._thread, functools.partial(self._write, group))
                 except BaseException as exc:  # every request of the group is refused: none of its events is durable
                     failure = exc if isinstance(exc, AuditStoreError) else AuditStoreError("the audit journal could not be written")
                     if failure is not exc:

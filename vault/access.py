@@ -54,6 +54,7 @@ from vault.errors import ConflictError, MemberErasedError, NotFoundError, Record
 from vault.storage.engine import write_on
 
 _T = TypeVar("_T")
+_Result = TypeVar("_Result", covariant=True)  # read-only: a PendingRead[Page] serves where a PendingRead[Page | Refusal] is asked for
 
 
 class Outcome(StrEnum):
@@ -101,10 +102,10 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingRead(Generic[_T]):
+class PendingRead(Generic[_Result]):
     """A read done and its event built, not yet durable: ``result`` must not leave before ``event`` is committed (with ``then``)."""
 
-    result: _T | Refusal
+    result: _Result | Refusal
     event: AuditEvent
     now: datetime
     then: Callable[[Connection], None] | None

@@ -88,8 +88,7 @@ async def list_entries(member_id: MemberIdPath, r: ReadDep, cursor: CursorQuery 
         decision = member_access(r.services, conn, r.caller, r.purpose, member_id, action="read", categories=FINANCIAL, request_id=r.request_id, now=r.now)
         return decision, r.services.ledger.page(conn, decision.access, member_id, after_seq=int(after or 0), limit=capped(limit))
 
-    decision, pending = await r.services.read_path(read)
-    page = await r.services.settle(pending)
+    decision, page = await r.services.audited_read(read)
     if isinstance(page, Refusal):
         refuse(page, decision.access)
     items: list[object] = [{"entry_id": e.entry_id, "seq": e.seq, **e.values} for e in page.items]

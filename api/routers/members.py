@@ -129,8 +129,7 @@ def _created(stored: StoredResponse) -> Response:
 )
 async def read_member(member_id: MemberIdPath, r: MemberReadDep) -> Response:
     """Decide and read (on the event loop for an embedded database), then await the event's durable commit, then answer."""
-    decision, pending = await r.services.read_path(functools.partial(_decide_and_read, member_id, r))
-    view = await r.services.settle(pending)
+    decision, view = await r.services.audited_read(functools.partial(_decide_and_read, member_id, r))
     if isinstance(view, Refusal):
         refuse(view, decision.access)
     body: dict[str, object] = {"member_id": view.member_id}

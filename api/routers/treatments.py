@@ -102,8 +102,7 @@ async def list_treatments(member_id: MemberIdPath, r: MemberReadDep, cursor: Cur
         flag = review_queuer(member_id, r.caller.subject, decision.break_glass, r.request_id, r.now)
         return decision, r.services.treatments.page(conn, decision.access, member_id, after=after, limit=capped(limit), then=flag)
 
-    decision, pending = await r.services.read_path(read)
-    page = await r.services.settle(pending)
+    decision, page = await r.services.audited_read(read)
     if isinstance(page, Refusal):
         refuse(page, decision.access)
     next_cursor = encode_cursor(page.items[-1].treatment_id) if page.more else None
@@ -125,8 +124,7 @@ async def read_treatment(treatment_id: TreatmentIdPath, r: ReadDep) -> Response:
         )
         return decision, r.services.treatments.read(conn, decision.access, treatment_id, owner)
 
-    decision, pending = await r.services.read_path(read)
-    found = await r.services.settle(pending)
+    decision, found = await r.services.audited_read(read)
     if isinstance(found, Refusal):
         refuse(found, decision.access)
     return json_response(_resource(found))

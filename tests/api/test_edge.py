@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
 from api.http import new_request_id
 from api.services import HeldReads
@@ -37,10 +38,13 @@ def test_the_reader_sees_each_commit_of_another_connection_and_cannot_write(tmp_
     writer.execute("INSERT INTO t VALUES (1)")
     assert reader.row("SELECT count(*) FROM t") == (1,)
     assert reader.rows("SELECT n FROM t") == [(1,)]
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(OperationalError):  # SQLAlchemy's, which the edge answers with 503
         reader.row("INSERT INTO t VALUES (2) RETURNING n")
     with pytest.raises(LookupError):
         reader.row("SELECT n FROM t WHERE n = 99")
+    reader.close()
+    assert reader.row("SELECT count(*) FROM t") == (1,)  # a later read opens a new connection
+    reader.close()
     writer.close()
 
 
@@ -53,6 +57,7 @@ def test_only_an_sqlite_file_gets_a_reader(tmp_path: Path) -> None:
 def test_member_reads_run_on_the_event_loop_only_with_embedded_databases_and_a_local_keyring(vault: Vault, backend: str) -> None:
     services = vault.client.app.state.services.get()  # type: ignore[attr-defined]  # the TestClient's app is our FastAPI app
     assert services.reads_on_loop is (backend == "sqlite")
+    assert services.authenticator.answers_inline is (backend == "sqlite")
     member = vault.members[0].member_id
     before = vault.journal_size()
     r = vault.client.get(f"/v1/members/{member}", headers=vault.headers(vault.token("practitioner", clinics=["*"]), purpose="care"))
@@ -82,6 +87,17 @@ def test_held_reads_keep_one_connection_per_thread_and_end_each_snapshot(tmp_pat
     with held.connection() as fresh:
         assert fresh is not first
         assert fresh.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+
+    def failing_use() -> None:
+        with held.connection() as failing:
+            assert failing is fresh
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        failing_use()
+    assert fresh.closed  # a use that failed leaves nothing behind: the connection is dropped
+    with held.connection() as after:
+        assert after is not fresh
     held.close()
-    assert fresh.closed
+    assert after.closed
     engine.dispose()

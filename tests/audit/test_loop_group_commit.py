@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -28,19 +27,6 @@ from tests.audit.test_group_commit import _request_ids
 from vault.storage.engine import write_on
 
 WAIT_S = 10.0
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
-
-
-def in_thread(pool: ThreadPoolExecutor) -> Callable[[Callable[[], None]], Awaitable[None]]:
-    async def run(function: Callable[[], None]) -> None:
-        await asyncio.get_running_loop().run_in_executor(pool, function)
-
-    return run
 
 
 class HeldWrites:
@@ -74,8 +60,8 @@ async def _gather(group: LoopGroupCommit, events: list, thens: dict | None = Non
     return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(len(events)))), WAIT_S)
 
 
-def test_requests_waiting_on_the_loop_share_transactions_and_every_event_becomes_durable(engine: Engine, pool: ThreadPoolExecutor) -> None:
-    group = LoopGroupCommit(AuditJournal(), engine.connect, write_on, in_thread(pool))
+def test_requests_waiting_on_the_loop_share_transactions_and_every_event_becomes_durable(engine: Engine) -> None:
+    group = LoopGroupCommit(AuditJournal(), engine.connect, write_on)
     events = [sample_event(i) for i in range(40)]
 
     outcome = asyncio.run(_gather(group, events))
@@ -88,9 +74,9 @@ def test_requests_waiting_on_the_loop_share_transactions_and_every_event_becomes
         assert tree_size(conn) == 40
 
 
-def test_events_handed_over_during_a_write_form_the_next_group(engine: Engine, pool: ThreadPoolExecutor) -> None:
+def test_events_handed_over_during_a_write_form_the_next_group(engine: Engine) -> None:
     begin = HeldWrites()
-    group = LoopGroupCommit(AuditJournal(), engine.connect, begin, in_thread(pool))
+    group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
 
     async def scenario() -> list[BaseException | None]:
         first = asyncio.ensure_future(group.commit(sample_event(0)))
@@ -107,8 +93,8 @@ def test_events_handed_over_during_a_write_form_the_next_group(engine: Engine, p
     assert _request_ids(engine) == [f"req-{i:04d}" for i in range(6)]
 
 
-def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events(engine: Engine, poison_trigger: str, pool: ThreadPoolExecutor) -> None:
-    group = LoopGroupCommit(AuditJournal(), engine.connect, write_on, in_thread(pool))
+def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events(engine: Engine, poison_trigger: str) -> None:
+    group = LoopGroupCommit(AuditJournal(), engine.connect, write_on)
     poisoned = Actor(subject=poison_trigger, roles=("practitioner",), client_id=None, acting_staff=None)
     events = [sample_event(i) for i in range(6)]
     events[3] = sample_event(3, actor=poisoned)
@@ -125,9 +111,9 @@ def test_a_failed_group_refuses_every_request_in_it_and_keeps_none_of_its_events
     assert _request_ids(engine) == ["req-0007"]
 
 
-def test_a_failing_then_fails_only_its_own_request_and_undoes_its_event(engine: Engine, pool: ThreadPoolExecutor) -> None:
+def test_a_failing_then_fails_only_its_own_request_and_undoes_its_event(engine: Engine) -> None:
     journal = AuditJournal()
-    group = LoopGroupCommit(journal, engine.connect, write_on, in_thread(pool))
+    group = LoopGroupCommit(journal, engine.connect, write_on)
 
     def extra(conn: Connection) -> None:
         journal.append(conn, sample_event(100))
@@ -145,9 +131,9 @@ def test_a_failing_then_fails_only_its_own_request_and_undoes_its_event(engine: 
     assert written.index("req-0100") == written.index("req-0002") + 1
 
 
-def test_a_request_cancelled_while_it_waits_still_has_its_event_committed(engine: Engine, pool: ThreadPoolExecutor) -> None:
+def test_a_request_cancelled_while_it_waits_still_has_its_event_committed(engine: Engine) -> None:
     begin = HeldWrites()
-    group = LoopGroupCommit(AuditJournal(), engine.connect, begin, in_thread(pool))
+    group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
 
     async def scenario() -> None:
         waiting = asyncio.ensure_future(group.commit(sample_event(1)))
@@ -162,11 +148,11 @@ def test_a_request_cancelled_while_it_waits_still_has_its_event_committed(engine
     assert _request_ids(engine) == ["req-0001", "req-0002"]
 
 
-def test_a_write_that_fails_outside_the_database_refuses_its_group(engine: Engine, pool: ThreadPoolExecutor) -> None:
+def test_a_write_that_fails_outside_the_database_refuses_its_group(engine: Engine) -> None:
     def broken_connect() -> Connection:
         raise OSError("no connection")
 
-    group = LoopGroupCommit(AuditJournal(), broken_connect, write_on, in_thread(pool))  # type: ignore[arg-type]
+    group = LoopGroupCommit(AuditJournal(), broken_connect, write_on)  # type: ignore[arg-type]
 
     outcome = asyncio.run(_gather(group, [sample_event(i) for i in range(3)]))
 
@@ -175,6 +161,29 @@ def test_a_write_that_fails_outside_the_database_refuses_its_group(engine: Engin
     assert _request_ids(engine) == []
 
 
-def test_max_group_must_be_positive(pool: ThreadPoolExecutor) -> None:
+def test_max_group_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_group"):
-        LoopGroupCommit(AuditJournal(), lambda: None, write_on, in_thread(pool), max_group=0)  # type: ignore[arg-type,return-value]
+        LoopGroupCommit(AuditJournal(), lambda: None, write_on, max_group=0)  # type: ignore[arg-type,return-value]
+
+
+def test_a_second_loop_takes_over_once_the_first_has_closed_and_not_while_it_writes(engine: Engine) -> None:
+    begin = HeldWrites()
+    group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
+    loop_a = asyncio.new_event_loop()
+    first = loop_a.create_task(group.commit(sample_event(1)))
+    runner = threading.Thread(target=loop_a.run_until_complete, args=(first,))
+    runner.start()
+    assert begin.entered.wait(WAIT_S)  # loop A's write is in flight
+
+    async def from_b() -> None:
+        await group.commit(sample_event(2))
+
+    with pytest.raises(RuntimeError, match="one event loop"):
+        asyncio.run(from_b())
+    begin.release.set()
+    runner.join(WAIT_S)
+    assert first.result() is None
+    loop_a.close()
+    asyncio.run(from_b())  # loop A is closed and idle: another loop takes over
+    assert _request_ids(engine) == ["req-0001", "req-0002"]
+    group.close()
