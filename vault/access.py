@@ -54,7 +54,7 @@ from vault.errors import ConflictError, MemberErasedError, NotFoundError, Record
 from vault.storage.engine import write_on
 
 _T = TypeVar("_T")
-_Result = TypeVar("_Result", covariant=True)  # read-only: a PendingRead[Page] serves where a PendingRead[Page | Refusal] is asked for
+_Result_co = TypeVar("_Result_co", covariant=True)  # read-only: a PendingRead[Page] serves where a PendingRead[Page | Refusal] is asked for
 
 
 class Outcome(StrEnum):
@@ -102,10 +102,10 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingRead(Generic[_Result]):
+class PendingRead(Generic[_Result_co]):
     """A read done and its event built, not yet durable: ``result`` must not leave before ``event`` is committed (with ``then``)."""
 
-    result: _Result | Refusal
+    result: _Result_co | Refusal
     event: AuditEvent
     now: datetime
     then: Callable[[Connection], None] | None
