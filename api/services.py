@@ -5,6 +5,11 @@ key provider usable) the first time a route needs it, and again after a
 failure — so the app starts and answers ``/healthz`` with the database or
 the key provider down, and a data route answers 503 instead of hanging.
 
+``Services.audited_read`` serves the member, treatment and ledger reads: the
+decision and the read (on the event loop when both databases are embedded
+and the keyring is local; in the route pool otherwise), then the event's
+durable commit through the loop's group commit, and only then the result.
+
 ``AuditPump`` is each process's background thread that sequences journal
 entries into the tree and signs a checkpoint when one is due (the
 sequencer's database lock keeps several processes from racing), and finishes
