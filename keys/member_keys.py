@@ -42,13 +42,13 @@ RewrapCursor = tuple[str, str, int]
 _REWRAP = "UPDATE member_keys SET kek_version = ?, wrapped = ? WHERE owner_id = ? AND scope = ? AND version = ? AND wrapped = ?"
 
 
-def _rewrap_sql(conn: Connection) -> str:
-    """The re-wrap UPDATE in the driver's positional parameter style (a hot loop: no SQL compiler)."""
+def _driver_sql(conn: Connection, sql: str) -> str:
+    """``sql`` (``?`` placeholders) in the driver's positional parameter style: bulk writes go straight to ``executemany``, no SQL compiler."""
     style = conn.dialect.paramstyle
     if style == "qmark":
-        return _REWRAP
+        return sql
     if style in ("format", "pyformat"):
-        return _REWRAP.replace("?", "%s")
+        return sql.replace("?", "%s")
     raise ValueError(f"unsupported parameter style {style}")
 
 
@@ -171,16 +171,6 @@ class _Cache:
 _INSERT_KEYS = "INSERT INTO member_keys (owner_id, scope, version, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def _insert_keys_sql(conn: Connection) -> str:
-    """``create_scopes``' INSERT in the driver's positional parameter style (as ``_rewrap_sql`` gives the re-wrap UPDATE)."""
-    style = conn.dialect.paramstyle
-    if style == "qmark":
-        return _INSERT_KEYS
-    if style in ("format", "pyformat"):
-        return _INSERT_KEYS.replace("?", "%s")
-    raise ValueError(f"unsupported parameter style {style}")
-
-
 def _bound_created_at(conn: Connection, now: datetime) -> object:
     """``now`` as ``member_keys.created_at``'s type binds it on this driver (what an ORM insert stores)."""
     process = MemberKeyRow.__table__.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
@@ -260,7 +250,7 @@ class MemberKeys:
                 rows.append((owner, scope, 1, kek_version, blob, created_at))
                 fresh.append((owner, scope, blob, FieldCipher(key, 1)))
                 wraps[kek_version] = wraps.get(kek_version, 0) + 1
-            conn.exec_driver_sql(_insert_keys_sql(conn), rows)
+            conn.exec_driver_sql(_driver_sql(conn, _INSERT_KEYS), rows)
             for kek_version, n in wraps.items():
                 count_wraps(conn, kek_version, n)
         for owner, scope, blob, cipher in fresh:
@@ -426,7 +416,7 @@ class MemberKeys:
                 aads = [_member_aad(owner, scope, version) for owner, scope, version, _, _ in rows]
                 fresh = self.provider.rewrap([(kv, bytes(w), aad) for (_, _, _, kv, w), aad in zip(rows, aads, strict=True)])
                 params = [(kv, blob, o, s, v, bytes(old)) for (kv, blob), (o, s, v, _, old) in zip(fresh, rows, strict=True)]
-                conn.exec_driver_sql(_rewrap_sql(conn), params)
+                conn.exec_driver_sql(_driver_sql(conn, _REWRAP), params)
                 count_wraps(conn, current, len(params))
                 done += len(params)
             done += self._rewrap_roots(conn, current)

@@ -71,16 +71,10 @@ def to_columns(cipher: FieldCipher, fields: Iterable[dm.Field], record_id: str, 
     return out
 
 
-class RowSealer:
-    """``to_columns`` for bulk writers: a row's column values in field order, its encryptions in one cipher call.
+class _RowFields:
+    """The fields of one table's rows, in order, and which of them are encrypted (for ``RowSealer`` and ``RowOpener``)."""
 
-    ``row`` gives, for each of ``fields`` (of one table) in order, what
-    ``to_columns`` stores for it (``None`` where the values have none): the same
-    encoding, associated data and ciphertext format, so ``open_sealed`` reads
-    them; only the nonces are drawn at once (``FieldCipher.encrypt_record``).
-    """
-
-    __slots__ = ("_encoders", "_encrypted", "_names", "_table", "fields")
+    __slots__ = ("_encrypted", "_names", "_table", "fields")
 
     def __init__(self, fields: Sequence[dm.Field]) -> None:
         tables = {f.table for f in fields}
@@ -90,6 +84,21 @@ class RowSealer:
         self._table = tables.pop().value
         self._names = tuple(f.name for f in self.fields)
         self._encrypted = tuple(i for i, f in enumerate(self.fields) if f.encrypted)
+
+
+class RowSealer(_RowFields):
+    """``to_columns`` for bulk writers: a row's column values in field order, its encryptions in one cipher call.
+
+    ``row`` gives, for each of ``fields`` (of one table) in order, what
+    ``to_columns`` stores for it (``None`` where the values have none): the same
+    encoding, associated data and ciphertext format, so ``open_sealed`` reads
+    them; only the nonces are drawn at once (``FieldCipher.encrypt_record``).
+    """
+
+    __slots__ = ("_encoders",)
+
+    def __init__(self, fields: Sequence[dm.Field]) -> None:
+        super().__init__(fields)
         self._encoders = {i: _encoder(self.fields[i]) for i in self._encrypted}
 
     def row(self, cipher: FieldCipher, record_id: str, values: Mapping[str, object]) -> list[object]:
@@ -103,7 +112,7 @@ class RowSealer:
         return out
 
 
-class RowOpener:
+class RowOpener(_RowFields):
     """``open_sealed`` for bulk readers: a row's stored values in field order, its decryptions in one cipher call.
 
     ``row`` gives, for each of ``fields`` (of one table) in order, what
@@ -114,16 +123,10 @@ class RowOpener:
     (the row is opened again field by field to find it).
     """
 
-    __slots__ = ("_decoders", "_encrypted", "_names", "_table", "fields")
+    __slots__ = ("_decoders",)
 
     def __init__(self, fields: Sequence[dm.Field]) -> None:
-        tables = {f.table for f in fields}
-        if len(tables) != 1:
-            raise ValueError("a row's fields are of one table")
-        self.fields = tuple(fields)
-        self._table = tables.pop().value
-        self._names = tuple(f.name for f in self.fields)
-        self._encrypted = tuple(i for i, f in enumerate(self.fields) if f.encrypted)
+        super().__init__(fields)
         self._decoders = {i: _decoder(self.fields[i]) for i in self._encrypted}
 
     def row(self, cipher: FieldCipher, record_id: str, stored: Sequence[object]) -> list[object]:

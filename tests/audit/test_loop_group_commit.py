@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Connection, Engine
@@ -23,28 +21,10 @@ from audit.group_commit import LoopGroupCommit
 from audit.sequencer import Sequencer
 from audit.store import AuditJournal, tree_size
 from tests.audit.factories import sample_event
-from tests.audit.test_group_commit import _request_ids
+from tests.audit.test_group_commit import HeldFirstGroup, _request_ids
 from vault.storage.engine import write_on
 
 WAIT_S = 10.0
-
-
-class HeldWrites:
-    """A ``begin`` that holds its first transaction until ``release``: events handed over meanwhile form the next group."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self._first = True
-
-    @contextmanager
-    def __call__(self, conn: Connection) -> Iterator[None]:
-        if self._first:
-            self._first = False
-            self.entered.set()
-            assert self.release.wait(WAIT_S)
-        with write_on(conn):
-            yield
 
 
 async def _gather(group: LoopGroupCommit, events: list, thens: dict | None = None) -> list[BaseException | None]:  # type: ignore[type-arg]
@@ -75,7 +55,7 @@ def test_requests_waiting_on_the_loop_share_transactions_and_every_event_becomes
 
 
 def test_events_handed_over_during_a_write_form_the_next_group(engine: Engine) -> None:
-    begin = HeldWrites()
+    begin = HeldFirstGroup()
     group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
 
     async def scenario() -> list[BaseException | None]:
@@ -132,7 +112,7 @@ def test_a_failing_then_fails_only_its_own_request_and_undoes_its_event(engine: 
 
 
 def test_a_request_cancelled_while_it_waits_still_has_its_event_committed(engine: Engine) -> None:
-    begin = HeldWrites()
+    begin = HeldFirstGroup()
     group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
 
     async def scenario() -> None:
@@ -167,7 +147,7 @@ def test_max_group_must_be_positive() -> None:
 
 
 def test_a_second_loop_takes_over_once_the_first_has_closed_and_not_while_it_writes(engine: Engine) -> None:
-    begin = HeldWrites()
+    begin = HeldFirstGroup()
     group = LoopGroupCommit(AuditJournal(), engine.connect, begin)
     loop_a = asyncio.new_event_loop()
     first = loop_a.create_task(group.commit(sample_event(1)))
