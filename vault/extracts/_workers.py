@@ -5,7 +5,7 @@ itself (the runner's ``opener``: its own engine and key store) and serves, on
 its own task queue, until told to stop:
 
 * a member-id range ``(after, until]`` of the first pass: the range's spool
-  lines and histogram entries (``Profiled``), read in its own read snapshot;
+  rows and histogram entries (``Profiled``), read in its own read snapshot;
 * once ``release_with`` has sent every worker the second pass's ``Releasing``,
   a chunk of the spool: the chunk's released rows (``ReleasedChunk``).
 

@@ -340,7 +340,7 @@ class ExtractRunner:
         def emit(profiled: Profiled) -> None:
             for qi, sensitive in profiled.counted:
                 histogram.add(qi, sensitive)
-            rows.write(profiled.lines)
+            rows.write(profiled.spooled)
             if progress is not None:
                 progress(histogram.rows)
 
@@ -348,7 +348,7 @@ class ExtractRunner:
         if workers is None:
             with read_snapshot(self._engine) as conn:
                 for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now):
-                    emit(Profiled(*profiler.profile(batch)))
+                    emit(profiler.profile(batch))
             return
 
         def here(task: Task) -> Profiled:

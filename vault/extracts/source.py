@@ -7,8 +7,10 @@ and yields only those eligible for the consumer's purpose right now:
 * not erased (tombstone) and with a live data key (a restored backup has no
   tombstone, but the shredded key is gone);
 * not restricted (a completed restriction request);
-* live consent for the purpose (``ConsentService.live_among``: the last event
-  a grant, under a notice not superseded by a material one past its grace).
+* live consent for the purpose (``ConsentService.live_among_on_driver``,
+  ``live_among``'s answer with its rows read on the SQLite driver: the last
+  event a grant, under a notice not superseded by a material one past its
+  grace).
 
 For each eligible member it decrypts only the member fields the requested
 attributes read, and gathers from plain columns the treatment counts of the
@@ -113,7 +115,7 @@ class ProfileSource:
             if not ids:
                 return
             after = ids[-1]
-            eligible = self._consent.live_among(conn, ids, purpose, now) - _restricted(conn, ids)
+            eligible = self._consent.live_among_on_driver(conn, ids, purpose, now) - _restricted(conn, ids)
             if not eligible:
                 yield []
                 continue
@@ -123,7 +125,7 @@ class ProfileSource:
     def _batch_rows(
         self, conn: Connection, reads: BatchReads, rows: Sequence[Sequence[Any]], opener: RowOpener, chosen: list[str], *, want_health: bool, now: datetime
     ) -> list[SourceRow]:
-        health = self._consent.live_among(conn, chosen, Purpose.health_data, now) if want_health else set()
+        health = self._consent.live_among_on_driver(conn, chosen, Purpose.health_data, now) if want_health else set()
         keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
         visits = _visits(reads.visits(chosen, since))
