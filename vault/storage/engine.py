@@ -19,14 +19,21 @@ the kernel grants it. The lock file only orders the vault's writers; SQLite's ow
 lock still guards every write, and other programs writing the database are
 arbitrated by it and the busy timeout.
 
-PostgreSQL through psycopg 3: ``pool_pre_ping`` and a connect timeout, so a
-database that went away fails fast instead of hanging.
+PostgreSQL through psycopg 3: a connect timeout, so a database that went
+away fails fast instead of hanging, and a ping before a pooled connection is
+used again after ``PING_AFTER_IDLE_S`` idle (a dead one is replaced, the
+pool retrying). ``pool_pre_ping`` would ping before every use: a round trip
+and a statement's worth of work on every checkout, several a request. A
+connection that died while in steady use fails its next statement instead;
+SQLAlchemy then invalidates the pool's connections, and the request is
+answered 503.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -38,9 +45,14 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# PostgreSQL: a pooled connection unused this long is pinged at its next checkout (a busy one is not: see ``make_engine``).
+PING_AFTER_IDLE_S = 5.0
+_IDLE_SINCE = "member_vault_idle_since"
 # Execution option: begin this connection's transactions with BEGIN IMMEDIATE (keys/ uses the same name).
 SQLITE_IMMEDIATE = "sqlite_immediate"
 
@@ -175,7 +187,7 @@ class _SerializedWriters(sqlite3.Connection):
             self._release()
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -189,8 +201,29 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, connect_args={"connect_timeout": 5})
+        # Connections beyond ``pool_size`` are closed when returned: a request that needs one pays a new server
+        # process and its authentication (more than the request's own statements). The default keeps the API
+        # process's steady users (read pool, audit writer and pump, a few routes) pooled; at most 15 as before.
+        engine = create_engine(url, pool_size=pool_size, max_overflow=max(0, 15 - pool_size), connect_args={"connect_timeout": 5})
+        event.listen(engine, "checkin", _mark_idle)
+        event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+        return engine
     raise ValueError(f"unsupported database backend: {parsed.get_backend_name()}")
+
+
+def _mark_idle(_dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: object) -> None:
+    """A connection idle in the pool for ``PING_AFTER_IDLE_S`` or more is pinged before use; a dead one is replaced (the pool retries)."""
+    since = record.info.get(_IDLE_SINCE)
+    if since is not None and time.monotonic() - since < PING_AFTER_IDLE_S:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as exc:  # whatever the driver raised: the connection is not to be used
+        raise DisconnectionError("a pooled connection did not answer its ping") from exc
 
 
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
