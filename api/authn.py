@@ -25,11 +25,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import NoReturn
 
 import structlog
-from sqlalchemy import Engine, bindparam, exists, select
+from sqlalchemy import Connection, Engine, bindparam, exists, select
 
 from api.caller import Caller
 from api.problems import UNAUTHORIZED, ProblemError
@@ -99,12 +100,14 @@ class Authenticator:
         data_engine: Engine,
         *,
         all_local: bool = False,
+        held: Callable[[], AbstractContextManager[Connection]] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._engine = data_engine
         self._sqlite = SqliteReader.of(data_engine)
         self._all_local = all_local
+        self._held = held
         self.keys = KeySource(settings, signing)
         self._verifier = TokenVerifier(self.keys, audience=settings.audience, now=now)
         self.refusals: Counter[str] = Counter()
@@ -144,7 +147,7 @@ class Authenticator:
         if self._sqlite is not None:
             token_revoked, client_revoked = self._sqlite.row(_REVOCATION_SQL, (token_id, client_id))
         else:
-            with self._engine.connect() as conn:
+            with self._engine.connect() if self._held is None else self._held() as conn:  # the read pool's held connection
                 token_revoked, client_revoked = conn.execute(_REVOCATION, {"token_id": token_id, "client_id": client_id}).one()
         unknown_or_revoked_client = client_id is not None and (client_revoked is None or bool(client_revoked))
         return bool(token_revoked) or unknown_or_revoked_client

@@ -2,11 +2,12 @@
 
 All are ``async``: FastAPI runs a sync dependency in the thread pool, one
 thread hop each, which costs more than the work of these. What may wait on
-a network or a slow start — opening the services the first time, the
-token check unless everything it may touch is local — runs in the route
-pool, so it never blocks the event loop (and ``/healthz`` with it). With
-embedded databases and the local keyring the token check (signature, claims,
-revocation read on the driver) is done in place.
+a network or a slow start runs in a pool, so it never blocks the event loop
+(and ``/healthz`` with it): opening the services the first time in the
+route pool, the token check unless everything it may touch is local in the
+read pool (on a held connection). With embedded databases and the local
+keyring the token check (signature, claims, revocation read on the driver)
+is done in place.
 
 Order of checks (API.md): authentication (401) → request shape and purpose
 (400) → decision (403) → existence (404) → field validation (422). A route
@@ -16,7 +17,6 @@ request without a valid token is 401 whatever else is wrong with it.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,17 +49,13 @@ ServicesDep = Annotated[Services, Depends(_services)]
 
 
 async def _caller(request: Request) -> Caller:
-    """The verified caller, or 401. With embedded databases and the local keyring the whole check is local, done in place.
+    """The verified caller, or 401 (``Services.authenticate``: in place when all it may touch is local, else in the read pool).
 
     The services are taken by a plain call, not as a sub-dependency: FastAPI
     solves a dependency's sub-dependencies again wherever it appears, and
     this one appears in nearly every dependency of every route.
     """
-    authenticator = (await _services(request)).authenticator
-    authorization = request.headers.get("authorization")
-    if authenticator.answers_inline:
-        return authenticator.authenticate(authorization)
-    return await in_pool(functools.partial(authenticator.authenticate, authorization))
+    return await (await _services(request)).authenticate(request.headers.get("authorization"))
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -35,10 +35,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.authn import Authenticator
 from api.authz import PolicyStore
+from api.caller import Caller
 from api.extract_jobs import ExtractJobs
 from api.idempotency import ROOT_KEY as IDEMPOTENCY_ROOT_KEY
 from api.idempotency import Idempotency
-from api.offload import in_pool
+from api.offload import in_read_pool
 from api.problems import UNAVAILABLE, ProblemError
 from api.runtime import Runtime, make_checkpointer, open_runtime
 from api.settings import KeyProviderName, Settings
@@ -99,39 +100,45 @@ class Services:
     read_events: LoopGroupCommit
     # Embedded databases and a local keyring: a read is local and short, so ``audited_read`` runs it on the event loop.
     reads_on_loop: bool
-    # The connections those reads use, one per event-loop thread, kept between requests.
-    loop_reads: HeldReads
+    # The connections those reads and the token checks use, one per thread (the event loop's, or the read pool's), kept between requests.
+    held_reads: HeldReads
 
     async def audited_read(self, read: Callable[[Connection], tuple[_D, PendingRead[_T]]]) -> tuple[_D, _T | Refusal]:
         """Run a read route's decision and read (``read`` on a read connection), then make its event durable; its result only then.
 
         With ``reads_on_loop`` the read runs here, on the event loop, and the
         event is queued before anything is awaited. Otherwise the read runs
-        in the route pool and the rest is shielded from the request's
+        in the read pool and the rest is shielded from the request's
         cancellation: a decision once made is journaled even if the client
-        has gone. ``AuditStoreError`` (503) when the event could not be made
-        durable; nothing of the result is returned then.
+        has gone. Either way on the thread's held connection. ``AuditStoreError``
+        (503) when the event could not be made durable; nothing of the result
+        is returned then.
         """
         if self.reads_on_loop:
-            try:
-                with self.loop_reads.connection() as conn:
-                    decided, pending = read(conn)
-            except SQLAlchemyError as exc:
-                raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
+            decided, pending = self._read_held(read)
             return decided, await self._settle(pending)
         return await asyncio.shield(self._pooled_read(read))
 
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """The verified caller, or 401: in place when everything the check may touch is local, else in the read pool."""
+        if self.authenticator.answers_inline:
+            return self.authenticator.authenticate(authorization)
+        return await in_read_pool(functools.partial(self.authenticator.authenticate, authorization))
+
     async def _pooled_read(self, read: Callable[[Connection], tuple[_D, PendingRead[_T]]]) -> tuple[_D, _T | Refusal]:
-        decided, pending = await in_pool(functools.partial(self._read_pooled, read))
+        decided, pending = await in_read_pool(functools.partial(self._read_held, read))
         return decided, await self._settle(pending)
 
     async def _settle(self, pending: PendingRead[_T]) -> _T | Refusal:
         await self.read_events.commit(pending.event, now=pending.now, then=pending.then)
         return pending.result
 
-    def _read_pooled(self, read: Callable[[Connection], _R]) -> _R:
-        with self.reading() as conn:
-            return read(conn)
+    def _read_held(self, read: Callable[[Connection], _R]) -> _R:
+        try:
+            with self.held_reads.connection() as conn:
+                return read(conn)
+        except SQLAlchemyError as exc:
+            raise ProblemError(UNAVAILABLE, "the vault cannot serve this request now") from exc
 
     @contextmanager
     def unit(self) -> Iterator[Connection]:
@@ -159,7 +166,7 @@ class Services:
 
     def close(self) -> None:
         self.extract_jobs.close()
-        self.loop_reads.close()
+        self.held_reads.close()
         self.read_events.close()
         self.authenticator.close()
         self.runtime.close()
@@ -168,16 +175,27 @@ class Services:
 class HeldReads:
     """One read connection per thread, kept checked out between requests; each use ends with its transaction rolled back.
 
-    For reads served on the event loop: a pool checkout and check-in (with
-    the pool's reset) cost as much as the policy, restriction and member
-    reads of a request together. A use that ends in an exception, or whose
-    rollback fails, drops the connection (closed, returned to the pool): the
-    next use opens a fresh one, so no state a failure left (an unfinished
-    ``BEGIN``, an invalidated driver connection) outlives the request.
+    For the reads served on the event loop (embedded databases) and in the
+    read pool (``api.offload.in_read_pool``; a database server): a pool
+    checkout and check-in (with the pool's reset, and on a server a ping
+    after idle) cost as much as the policy, restriction and member reads of
+    a request together. A use that fails in the database (a
+    ``SQLAlchemyError``, or an error chained from one), or whose rollback
+    fails, drops the connection (closed, returned to the pool): the next use
+    opens a fresh one, so no state a failure left (an unfinished ``BEGIN``,
+    an invalidated driver connection) outlives the request. Any other error
+    (a refusal, a missing member) only ends the transaction: a stream of
+    requests for unknown ids must not cost a new server connection each.
+
+    On PostgreSQL the connection is in autocommit: under its READ COMMITTED
+    every statement takes a snapshot of its own anyway, so a transaction
+    around a request's reads would add a ``BEGIN`` and a ``ROLLBACK`` round
+    trip and nothing else. (SQLite keeps one snapshot for the use.)
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._autocommit = engine.dialect.name == "postgresql"
         self._local = threading.local()
         self._opened: list[Connection] = []
         self._lock = threading.Lock()
@@ -187,16 +205,28 @@ class HeldReads:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self._engine.connect()
+            if self._autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._local.conn = conn
             with self._lock:
                 self._opened.append(conn)
         try:
             yield conn
             conn.rollback()  # the read snapshot ends: the next request sees the latest commit
-        except BaseException:
-            self._local.conn = None
-            self._discard(conn)
+        except BaseException as exc:
+            if _from_database(exc) or not self._ended(conn):
+                self._local.conn = None
+                self._discard(conn)
             raise
+
+    @staticmethod
+    def _ended(conn: Connection) -> bool:
+        """Roll back what the use left open; False when that failed or the connection is no longer usable."""
+        try:
+            conn.rollback()
+        except SQLAlchemyError:
+            return False
+        return not (conn.closed or conn.invalidated)
 
     def _discard(self, conn: Connection) -> None:
         with self._lock:
@@ -213,10 +243,23 @@ class HeldReads:
                 conn.close()
 
 
+def _from_database(exc: BaseException) -> bool:
+    """``exc`` is the database's error, or was raised because of one (an ``AuditStoreError`` chains it)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, SQLAlchemyError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def build(settings: Settings) -> Services:
     runtime = open_runtime(settings)
     try:
         local = _all_local(settings, runtime)
+        held_reads = HeldReads(runtime.data_engine)
         gatekeeper = Gatekeeper(AuditJournal())
         feed = DeletionFeed(lambda: runtime.keys.root_key(PSEUDONYM_ROOT))
         consent = ConsentService(runtime.members, NoticeBook(), grace=timedelta(days=settings.consent_grace_days), feed=feed)
@@ -231,7 +274,7 @@ def build(settings: Settings) -> Services:
             members=MemberGate(runtime.members, gatekeeper),
             treatments=TreatmentGate(runtime.treatments, runtime.members, gatekeeper),
             ledger=LedgerGate(runtime.ledger, runtime.members, gatekeeper),
-            authenticator=Authenticator(settings, runtime.signing, runtime.data_engine, all_local=local),
+            authenticator=Authenticator(settings, runtime.signing, runtime.data_engine, all_local=local, held=held_reads.connection),
             policies=PolicyStore(settings.policy_dir or DEFAULT_DIRECTORY),
             consent=consent,
             consents=ConsentGate(consent, gatekeeper),
@@ -253,7 +296,7 @@ def build(settings: Settings) -> Services:
             sequencer=Sequencer(runtime.data_engine),
             read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on),
             reads_on_loop=local,
-            loop_reads=HeldReads(runtime.data_engine),
+            held_reads=held_reads,
         )
         with write_transaction(runtime.data_engine) as conn:
             services.policies.active(conn)  # the first process stores policy version 1; reads never write it

@@ -319,6 +319,8 @@ class MemberKeys:
         if self._sqlite is not None:
             return self._sqlite.fetch(params["owner"], params.get("scope"))
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # one statement: no BEGIN and ROLLBACK round trips around it
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in conn.execute(stmt, params)]
 
     def live_owners(self, owners: Iterable[str], scope: str = DATA_SCOPE) -> set[str]:
