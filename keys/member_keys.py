@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import ARRAY, Connection, Engine, Select, String, bindparam, delete, func, insert, literal_column, select, tuple_, update
+from sqlalchemy.exc import OperationalError
 
 from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import KeyNotFoundError
@@ -104,6 +105,10 @@ class MemberKeySet:
         return cipher
 
 
+# Seconds a driver-level key read waits for SQLite's locks before it fails (it may be running on the event loop).
+_READ_BUSY_TIMEOUT_S = 0.25
+
+
 class _SqliteKeyReader:
     """The one-owner key read on an embedded key store, straight on the driver: one read-only connection per thread.
 
@@ -111,7 +116,11 @@ class _SqliteKeyReader:
     live (the shredding rule above). Through SQLAlchemy's pool that one SELECT
     costs a checkout, a ``BEGIN``, a reset and a check-in — most of a member
     read's overhead. In autocommit mode a SELECT on a WAL database sees the
-    last committed state when it starts, which is all the rule needs.
+    last committed state when it starts, which is all the rule needs. It may
+    run on the API's event loop (embedded databases), so its busy timeout is
+    short, as ``vault.storage.readers``' is (a WAL reader waits only in rare
+    cases, such as recovery after a crash), and a failure is SQLAlchemy's
+    ``OperationalError``, which the edge answers with 503.
     """
 
     _ONE_SCOPE = "SELECT scope, version, kek_version, wrapped FROM member_keys WHERE owner_id = ? AND scope = ?"
@@ -124,14 +133,17 @@ class _SqliteKeyReader:
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=30)
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=_READ_BUSY_TIMEOUT_S)
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
         return conn
 
     def fetch(self, owner: str, scope: str | None) -> list[tuple[str, int, int, bytes]]:
-        conn = self._connection()
-        rows = conn.execute(self._ALL, (owner,)) if scope is None else conn.execute(self._ONE_SCOPE, (owner, scope))
+        sql, params = (self._ALL, (owner,)) if scope is None else (self._ONE_SCOPE, (owner, scope))
+        try:
+            rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise OperationalError(sql, None, exc) from exc
         return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in rows]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from api.runtime import Runtime
 from keys.errors import DecryptionError, KeyNotFoundError
@@ -365,3 +366,14 @@ def test_an_interrupted_rotation_resumes_without_a_new_kek_version(runtime: Runt
     assert [(info.version, info.retired) for info in runtime.provider.versions()] == [(1, True), (2, False)]
     assert runtime.keys.kek_references() == {2: 5 + roots}
     assert_all_decrypt(other_keys, ciphertexts)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_failed_driver_read_of_an_embedded_key_store_is_sqlalchemys_error(runtime: Runtime) -> None:
+    """The one-owner read runs on the driver (possibly on the API's event loop): its failure must be the 503 kind, not a 500."""
+    runtime.keys.create(["m-a"])
+    assert runtime.keys.load("m-a").ciphers
+    with runtime.keys.engine.begin() as conn:  # the key store loses its table under the reader
+        conn.exec_driver_sql("ALTER TABLE member_keys RENAME TO member_keys_gone")
+    with pytest.raises(OperationalError):
+        runtime.keys.load("m-a")
