@@ -37,14 +37,16 @@ from api.problems import UNAUTHORIZED, ProblemError
 from api.settings import Settings
 from api.tokens import InvalidTokenError, TokenVerifier, TrustedKey, load_trusted_issuers, vault_keys
 from keys.signing import SigningKeys, SigningPurpose
-from vault.storage.readers import SqliteReader
+from vault.storage.readers import DriverRow, SqliteReader
 from vault.storage.schema import clients, revoked_tokens
 
 DEV_ISSUER = "member-vault-dev"
 # (is the jti revoked?, is the client revoked? — NULL when there is no such client)
-_REVOCATION = select(
-    exists().where(revoked_tokens.c.token_id == bindparam("token_id")).label("token_revoked"),
-    select(clients.c.revoked_at.is_not(None)).where(clients.c.client_id == bindparam("client_id")).scalar_subquery().label("client_revoked"),
+_REVOCATION = DriverRow(
+    select(
+        exists().where(revoked_tokens.c.token_id == bindparam("token_id")).label("token_revoked"),
+        select(clients.c.revoked_at.is_not(None)).where(clients.c.client_id == bindparam("client_id")).scalar_subquery().label("client_revoked"),
+    )
 )
 # The same question on an embedded database, straight on the driver (positional: token id, client id).
 _REVOCATION_SQL = "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE token_id = ?), (SELECT revoked_at IS NOT NULL FROM clients WHERE client_id = ?)"
@@ -148,7 +150,10 @@ class Authenticator:
             token_revoked, client_revoked = self._sqlite.row(_REVOCATION_SQL, (token_id, client_id))
         else:
             with self._engine.connect() if self._held is None else self._held() as conn:  # the read pool's held connection
-                token_revoked, client_revoked = conn.execute(_REVOCATION, {"token_id": token_id, "client_id": client_id}).one()
+                found = _REVOCATION.first(conn, {"token_id": token_id, "client_id": client_id})
+            if found is None:
+                raise LookupError("the revocation question returned no row")
+            token_revoked, client_revoked = found
         unknown_or_revoked_client = client_id is not None and (client_revoked is None or bool(client_revoked))
         return bool(token_revoked) or unknown_or_revoked_client
 

@@ -28,6 +28,7 @@ from vault import data_map as dm
 from vault.members.clinics import is_linked
 from vault.purposes import statable
 from vault.roles import Role
+from vault.storage.readers import DriverRow
 from vault.storage.schema import policy_versions
 from vault.storage.upsert import insert_ignore
 
@@ -73,7 +74,7 @@ def vocabulary() -> Vocabulary:
 
 
 # Asked on every request: built once (building the statement cost three times its execution).
-_ACTIVE_VERSION = select(func.max(policy_versions.c.version))
+_ACTIVE_VERSION = DriverRow(select(func.max(policy_versions.c.version)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,8 @@ class PolicyStore:
         self._lock = threading.Lock()
 
     def active(self, conn: Connection) -> ActivePolicy:
-        version = conn.execute(_ACTIVE_VERSION).scalar()
+        found = _ACTIVE_VERSION.first(conn, {})
+        version = None if found is None else found[0]
         if version is None:
             self._store_files(conn, 1, "bootstrap", None)
             return self.active(conn)

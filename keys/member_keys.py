@@ -27,9 +27,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ARRAY, Connection, Engine, Select, String, bindparam, delete, func, insert, literal_column, select, tuple_, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from keys._store import count_wraps, hold_kek, insert_ignore, write_transaction
 from keys.errors import KeyNotFoundError
@@ -56,6 +57,8 @@ def _driver_sql(conn: Connection, sql: str) -> str:
 _KEY_COLUMNS = (MemberKeyRow.scope, MemberKeyRow.version, MemberKeyRow.kek_version, MemberKeyRow.wrapped)
 _LOAD_ALL = select(*_KEY_COLUMNS).where(MemberKeyRow.owner_id == bindparam("owner"))
 _LOAD_ONE_SCOPE = _LOAD_ALL.where(MemberKeyRow.scope == bindparam("scope"))
+# The two load statements compiled for PostgreSQL's driver, by statement (module constants: their ids are stable).
+_PG_SQL: dict[int, str] = {}
 
 
 def _load_many_statement(dialect: str) -> Select[str, str, int, int, bytes]:
@@ -331,9 +334,26 @@ class MemberKeys:
         if self._sqlite is not None:
             return self._sqlite.fetch(params["owner"], params.get("scope"))
         with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":  # one statement: no BEGIN and ROLLBACK round trips around it
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-            return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in conn.execute(stmt, params)]
+            if conn.dialect.name != "postgresql":
+                return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in conn.execute(stmt, params)]
+            # One statement, in autocommit (no BEGIN and ROLLBACK round trips), on psycopg's cursor: SQLAlchemy's
+            # execution context and result cost twice the round trip (vault.storage.readers.DriverRow says more).
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            sql = _PG_SQL.get(id(stmt))
+            if sql is None:
+                sql = _PG_SQL[id(stmt)] = stmt.compile(dialect=conn.dialect).string
+            driver: Any = conn.connection.driver_connection
+            error: Any = conn.dialect.loaded_dbapi.Error  # the driver's base exception class
+            try:
+                with driver.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    rows = cursor.fetchall()
+            except error as exc:
+                gone = conn.dialect.is_disconnect(exc, driver, None)
+                if gone:
+                    conn.invalidate(exc)
+                raise DBAPIError.instance(sql, None, exc, error, connection_invalidated=gone, dialect=conn.dialect) from exc
+            return [(str(s), int(v), int(k), bytes(w)) for s, v, k, w in rows]
 
     def live_owners(self, owners: Iterable[str], scope: str = DATA_SCOPE) -> set[str]:
         """The subset of ``owners`` whose ``scope`` key is live."""

@@ -41,6 +41,7 @@ from vault.ids import new_id
 from vault.members.gate import MemberBody
 from vault.members.repository import MemberRepository
 from vault.purposes import Purpose, consent_purposes
+from vault.storage.readers import DriverRow
 from vault.storage.schema import data_request_steps, data_requests, erasures, treatments
 
 REQUESTS_TABLE = "data_requests"
@@ -238,7 +239,7 @@ class DataRequestService:
 
     def is_restricted(self, conn: Connection, member_id: str) -> bool:
         """Asked on every member decision: one prepared statement, one indexed lookup."""
-        return conn.execute(_RESTRICTED, {"member_id": member_id}).first() is not None
+        return _RESTRICTED.first(conn, {"member_id": member_id}) is not None
 
     def require_live(self, conn: Connection, member_id: str) -> None:
         """``NotFoundError`` or ``MemberErasedError`` unless the member is live (checked before any field is judged)."""
@@ -246,7 +247,7 @@ class DataRequestService:
 
 
 # A completed (not yet lifted) restriction of the member; built once, since every member decision asks.
-_RESTRICTED = (
+_RESTRICTED = DriverRow(
     select(data_requests.c.dsr_id)
     .where(
         data_requests.c.member_id == bindparam("member_id"),
