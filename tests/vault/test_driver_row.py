@@ -72,3 +72,15 @@ def test_a_connection_that_died_is_invalidated_not_returned_to_the_pool(engine: 
         assert conn.invalidated
     with engine.connect() as fresh:
         assert fresh.execute(text("SELECT pg_backend_pid()")).scalar_one() != backend_pid
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_values_pass_their_column_types_result_processing_as_through_sqlalchemy(engine: Engine) -> None:
+    _revoke(engine, "j-tz")
+    revoked_at = DriverRow(select(revoked_tokens.c.revoked_at).where(revoked_tokens.c.token_id == bindparam("jti")))
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET TIME ZONE 'Asia/Shanghai'")  # the driver alone would hand back +08:00
+        (found,) = revoked_at.first(conn, {"jti": "j-tz"}) or (None,)
+        assert found is not None
+        assert found.tzinfo is UTC  # UtcDateTime's processing, as SQLAlchemy applies it
+        assert found == conn.execute(revoked_at.statement, {"jti": "j-tz"}).scalar_one()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Select, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from keys.blind_index import BlindIndex
 from keys.errors import KeyNotFoundError
@@ -33,6 +33,7 @@ from vault.codec import open_sealed, seal, to_columns
 from vault.errors import MemberErasedError, NotFoundError, ValidationError
 from vault.ids import MemberId, new_id
 from vault.members.clinics import LinkVia, link
+from vault.storage.readers import DriverRow
 from vault.storage.schema import blind_index, field_history, members
 from vault.validation import blind_index_normal_form, shown_name, validate_values
 
@@ -96,17 +97,16 @@ class MemberRepository:
     # -- read ----------------------------------------------------------------
 
     def read(self, conn: Connection, member_id: str, categories: Collection[dm.Category]) -> MemberView:
-        wanted, stmt = _read_plan(frozenset(categories))
-        row = conn.execute(stmt, {"member_id": member_id}).first()
+        wanted, plan = _read_plan(frozenset(categories))
+        row = plan.first(conn, {"member_id": member_id})
         if row is None:
             raise NotFoundError(f"no member {member_id}")
-        if row.erased_at is not None:
+        key_version, erased_at, *stored = row
+        if erased_at is not None:
             raise MemberErasedError(f"member {member_id} was erased")
-        cipher = self.data_cipher(member_id, row.key_version) if any(f.encrypted for f in wanted) else None
+        cipher = self.data_cipher(member_id, key_version) if any(f.encrypted for f in wanted) else None
         values: dict[dm.Category, dict[str, object]] = {c: {} for c in dm.categories_of(dm.Table.members) if c in categories}
-        mapping = row._mapping
-        for f in wanted:
-            raw = mapping[f.name]
+        for f, raw in zip(wanted, stored, strict=True):
             values[f.category][f.name] = open_sealed(cipher, f, member_id, raw) if cipher is not None and f.encrypted else raw
         return MemberView(MemberId(member_id), values)
 
@@ -231,11 +231,11 @@ class MemberRepository:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_plan(categories: frozenset[dm.Category]) -> tuple[tuple[dm.Field, ...], Select[*tuple[object, ...]]]:
-    """The fields of some categories and the one statement that reads them (built once per set)."""
+def _read_plan(categories: frozenset[dm.Category]) -> tuple[tuple[dm.Field, ...], DriverRow]:
+    """The fields of some categories and the one statement that reads them (key version, tombstone, the fields; built once per set)."""
     wanted = tuple(f for f in _MEMBER_FIELDS if f.category in categories)
     stmt = select(members.c.key_version, members.c.erased_at, *(members.c[f.name] for f in wanted)).where(members.c.member_id == bindparam("member_id"))
-    return wanted, stmt
+    return wanted, DriverRow(stmt)
 
 
 __all__ = ["BLIND_INDEX_ROOT", "MemberRepository", "MemberView"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select
@@ -78,34 +79,39 @@ class SqliteReader:
 
 
 class DriverRow:
-    """A SQLAlchemy ``SELECT`` of plain values whose first row is read on the connection's DBAPI cursor on PostgreSQL.
+    """A SQLAlchemy ``SELECT`` whose first row is read on the connection's DBAPI cursor on PostgreSQL.
 
     Per request the vault asks a few one-row questions (is the token revoked,
-    the policy version, is the member restricted, the member's keys). On
+    the policy version, is the member restricted, the member's row). On
     PostgreSQL SQLAlchemy's execution context and result — psycopg builds a
     ``Column`` object per result column for every execution — cost two to
     three times the statement's round trip. So there the statement, compiled
     once, goes to a psycopg cursor on the same connection (inside whatever
-    transaction it has; none in autocommit) and its row comes back as the
-    driver gives it: only for results that need no type processing (strings,
-    numbers, booleans, bytes), and parameters that need no bind processing
-    (an ``IN`` list must be the statement's own, not a parameter's value).
-    Elsewhere (SQLite) it is an ordinary ``Connection.execute``. A driver
-    error is raised as SQLAlchemy's, as ``execute`` would.
+    transaction it has; none in autocommit), and each value of its row passes
+    its column type's result processor as SQLAlchemy would apply it (an
+    aware UTC datetime stays one). Parameters must need no bind processing
+    (strings, numbers; an ``IN`` list must be the statement's own, not a
+    parameter's value). Elsewhere (SQLite) it is an ordinary
+    ``Connection.execute``. A driver error is raised as SQLAlchemy's, as
+    ``execute`` would, and a dead connection is invalidated.
     """
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
-        self._compiled: tuple[str, dict[str, Any]] | None = None
+        self._compiled: tuple[str, dict[str, Any], list[Callable[[Any], Any] | None]] | None = None
 
     def first(self, conn: Connection, params: dict[str, Any]) -> tuple[Any, ...] | None:
         if conn.dialect.name != "postgresql":
             row = conn.execute(self.statement, params).first()
             return None if row is None else tuple(row)
         if self._compiled is None:
-            compiled = self.statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-            self._compiled = (compiled.string, dict(compiled.params))
-        sql, defaults = self._compiled
+            dialect = conn.dialect
+            compiled = self.statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            processors: list[Callable[[Any], Any] | None] = [
+                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.statement.selected_columns
+            ]
+            self._compiled = (compiled.string, dict(compiled.params), processors)
+        sql, defaults, processing = self._compiled
         driver: Any = conn.connection.driver_connection
         error: Any = conn.dialect.loaded_dbapi.Error  # the driver's base exception class
         try:
@@ -117,7 +123,9 @@ class DriverRow:
             if gone:
                 conn.invalidate(exc)
             raise DBAPIError.instance(sql, None, exc, error, connection_invalidated=gone, dialect=conn.dialect) from exc
-        return None if found is None else tuple(found)
+        if found is None:
+            return None
+        return tuple(value if process is None else process(value) for process, value in zip(processing, found, strict=True))
 
 
 __all__ = ["BUSY_TIMEOUT_S", "DriverRow", "SqliteReader"]
