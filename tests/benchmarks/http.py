@@ -16,7 +16,10 @@ route) and drives it with ``wrk`` on 127.0.0.1 at C connections:
   durable commit), the ceiling of any audited request.
 
 Reported: requests/s, p50 and p99 latency (wrk's), and server CPU per
-request (user + system time of the uvicorn processes, from /proc). The
+request (user + system time of the uvicorn processes, from /proc; on
+PostgreSQL also the cluster's, from its postmaster's tree including the
+backends that exited during the run, when ``VAULT_TEST_PG_DATA`` names it
+as ``make bench``'s throwaway cluster does). The
 privacy tax is bare ÷ full throughput. Nothing asserts; targets are in
 docs/benchmarks.md. PostgreSQL needs ``VAULT_TEST_PG_*`` (``make bench``
 starts a throwaway cluster).
@@ -65,6 +68,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu_us: float
+    db_cpu_us: float | None  # the PostgreSQL server's processes (None on SQLite: it runs inside the workers)
 
 
 def _free_port() -> int:
@@ -150,6 +154,35 @@ def _cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def _db_cpu_seconds(postmaster: int) -> float:
+    """User + system CPU of a PostgreSQL cluster: the postmaster, its live processes and those it reaped meanwhile."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for _ in range(3):  # a backend may exit while the tree is walked
+        try:
+            children = _children(postmaster)
+            break
+        except OSError:
+            children = []
+    for pid in [postmaster, *children]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        if pid == postmaster:  # cutime + cstime: the backends that exited (pooled connections closed) during the run
+            total += (int(fields[13]) + int(fields[14])) / tick
+    return total
+
+
+def _postmaster(settings: Settings) -> int | None:
+    """The throwaway cluster's postmaster (``VAULT_TEST_PG_DATA``, as ``make bench`` starts it), or None."""
+    data = os.environ.get("VAULT_TEST_PG_DATA")
+    if settings.database_url is None or not data:
+        return None
+    return int(Path(data, "postmaster.pid").read_text().split()[0])
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -166,10 +199,11 @@ def _lua(paths: list[str], headers: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wrk(base: str, paths: list[str], headers: dict[str, str], *, seconds: int, connections: int, pid: int, scratch: Path) -> Run:
+def _wrk(base: str, paths: list[str], headers: dict[str, str], *, seconds: int, connections: int, pid: int, db_pid: int | None, scratch: Path) -> Run:
     script = scratch / "paths.lua"
     script.write_text(_lua(paths, headers))
     cpu_before = _cpu_seconds(pid)
+    db_before = None if db_pid is None else _db_cpu_seconds(db_pid)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base],
         capture_output=True,
@@ -178,12 +212,14 @@ def _wrk(base: str, paths: list[str], headers: dict[str, str], *, seconds: int, 
         timeout=seconds + 60,
     ).stdout
     cpu = _cpu_seconds(pid) - cpu_before
+    db_cpu = None if db_pid is None or db_before is None else _db_cpu_seconds(db_pid) - db_before
     if "Non-2xx" in out:
         raise RuntimeError("the benchmark saw error answers:\n" + out)
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     latency = {q: float(v) * unit[u] for q, v, u in _LATENCY.findall(out)}
     total = int(_TOTAL.search(out).group(1))  # type: ignore[union-attr]
-    return Run(float(_RATE.search(out).group(1)), latency["50"], latency["99"], cpu / total * 1e6)  # type: ignore[union-attr]
+    db_us = None if db_cpu is None else db_cpu / total * 1e6
+    return Run(float(_RATE.search(out).group(1)), latency["50"], latency["99"], cpu / total * 1e6, db_us)  # type: ignore[union-attr]
 
 
 def _serve(settings: Settings, workers: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -227,6 +263,10 @@ def commit_loop(settings: Settings, seconds: float = 3.0) -> float:
     return n / seconds
 
 
+def _cpu(run: Run) -> str:
+    return f"{run.cpu_us:,.0f}" if run.db_cpu_us is None else f"{run.cpu_us:,.0f} + {run.db_cpu_us:,.0f}"
+
+
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -244,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backends = args.backend or (["sqlite", "postgres"] if "VAULT_TEST_PG_URL" in os.environ else ["sqlite"])
     _out(
-        "| backend | workers | full req/s | full p50 / p99 ms | full CPU µs/req | bare req/s | bare p50 / p99 ms | bare CPU µs/req | privacy tax | commits/s |"
+        "| backend | workers | full req/s | full p50 / p99 ms | full CPU µs/req (server + database) | bare req/s | bare p50 / p99 ms"
+        " | bare CPU µs/req (server + database) | privacy tax | commits/s |"
     )
     _out("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,15 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                 process, base = _serve(settings, workers)
                 try:
                     full_headers = {"Authorization": f"Bearer {token}", "X-Purpose": "care"}
-                    kw = {"seconds": args.seconds, "connections": args.connections, "pid": process.pid, "scratch": root}
+                    kw = {"seconds": args.seconds, "connections": args.connections, "pid": process.pid, "db_pid": _postmaster(settings), "scratch": root}
                     full = _wrk(base, [f"/v1/members/{m}" for m in ids], full_headers, **kw)  # type: ignore[arg-type]
                     bare = _wrk(base, [f"/bench/bare/{m}" for m in ids], {}, **kw)  # type: ignore[arg-type]
                 finally:
                     process.terminate()
                     process.wait(timeout=30)
                 _out(
-                    f"| {backend} | {workers} | {full.rate:,.0f} | {full.p50_ms:.1f} / {full.p99_ms:.1f} | {full.cpu_us:,.0f} | "
-                    f"{bare.rate:,.0f} | {bare.p50_ms:.1f} / {bare.p99_ms:.1f} | {bare.cpu_us:,.0f} | {bare.rate / full.rate:.2f} | {commits:,.0f} |"
+                    f"| {backend} | {workers} | {full.rate:,.0f} | {full.p50_ms:.1f} / {full.p99_ms:.1f} | {_cpu(full)} | "
+                    f"{bare.rate:,.0f} | {bare.p50_ms:.1f} / {bare.p99_ms:.1f} | {_cpu(bare)} | {bare.rate / full.rate:.2f} | {commits:,.0f} |"
                 )
     return 0
 
