@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
+
+from sqlalchemy import Connection, insert
+
+from vault.ids import new_id
+from vault.storage.schema import extracts
 
 _WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))  # GB 11643 / ISO 7064 MOD 11-2
 
@@ -88,3 +93,22 @@ def treatment_values(**overrides: object) -> dict[str, object]:
 
 
 __all__ = ["member_values", "other_member_values", "resident_id", "treatment_values"]
+
+
+def stored_extract(conn: Connection, now: datetime) -> str:
+    """A done extract of ``loyalty-app`` (registered by the caller), stored as a row; its id."""
+    extract_id = new_id()
+    conn.execute(
+        insert(extracts).values(
+            extract_id=extract_id,
+            consumer_id="loyalty-app",
+            purpose="loyalty_profiling",
+            format="ndjson",
+            epoch=1,
+            status="done",
+            k=5,
+            requested_by="t",
+            created_at=now,
+        )
+    )
+    return extract_id

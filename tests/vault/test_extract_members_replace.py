@@ -15,16 +15,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from api.runtime import Runtime
-from tests.vault.factories import other_member_values
+from tests.vault.factories import other_member_values, stored_extract
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
-from vault.ids import new_id
 from vault.storage.engine import write_transaction
-from vault.storage.schema import extract_members, extracts
+from vault.storage.schema import extract_members
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 MESSAGE = "extract membership and the deletion feed are append-only"
@@ -43,24 +42,6 @@ APPEND_ONLY = (
 )
 
 
-def _extract(conn: Connection) -> str:
-    extract_id = new_id()
-    conn.execute(
-        insert(extracts).values(
-            extract_id=extract_id,
-            consumer_id="loyalty-app",
-            purpose="loyalty_profiling",
-            format="ndjson",
-            epoch=1,
-            status="done",
-            k=5,
-            requested_by="t",
-            created_at=NOW,
-        )
-    )
-    return extract_id
-
-
 @pytest.fixture
 def held(runtime: Runtime) -> tuple[str, str]:
     """One extract holding one member with digest ``aa…``."""
@@ -68,7 +49,7 @@ def held(runtime: Runtime) -> tuple[str, str]:
         member_id = runtime.members.create(conn, other_member_values(5))
         ClientRegistry(runtime.keys.root_key(ROOT_KEY)).add(conn, "loyalty-app", ["loyalty_service"], [], NOW)
         ConsumerRegistry().register(conn, "loyalty-app", purpose="loyalty_profiling", attributes=["tier"], health=False, now=NOW)
-        extract_id = _extract(conn)
+        extract_id = stored_extract(conn, NOW)
         conn.execute(insert(extract_members).values(extract_id=extract_id, member_id=member_id, row_mac="aa" * 16))
     return extract_id, member_id
 
@@ -118,6 +99,6 @@ def test_a_member_held_twice_by_one_extract_is_refused_and_another_extract_may_h
     with pytest.raises(IntegrityError), write_transaction(runtime.data_engine) as conn:
         conn.execute(insert(extract_members).values(extract_id=extract_id, member_id=member_id, row_mac="bb" * 16))
     with write_transaction(runtime.data_engine) as conn:
-        second = _extract(conn)
+        second = stored_extract(conn, NOW)
         conn.execute(insert(extract_members).values(extract_id=second, member_id=member_id, row_mac="bb" * 16))
     assert sorted(_members(runtime)) == sorted([(extract_id, member_id, "aa" * 16), (second, member_id, "bb" * 16)])

@@ -16,12 +16,11 @@ from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from api.runtime import Runtime
-from tests.vault.factories import other_member_values
+from tests.vault.factories import other_member_values, stored_extract
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
-from vault.ids import new_id
 from vault.storage.engine import make_engine, write_transaction
-from vault.storage.schema import deletion_feed, extract_members, extracts
+from vault.storage.schema import deletion_feed, extract_members
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 MESSAGE = "extract membership and the deletion feed are append-only"
@@ -49,20 +48,7 @@ def stored(runtime: Runtime) -> tuple[list[tuple[object, ...]], list[tuple[objec
         member_id = runtime.members.create(conn, other_member_values(5))
         ClientRegistry(runtime.keys.root_key(ROOT_KEY)).add(conn, "loyalty-app", ["loyalty_service"], [], NOW)
         ConsumerRegistry().register(conn, "loyalty-app", purpose="loyalty_profiling", attributes=["tier"], health=False, now=NOW)
-        extract_id = new_id()
-        conn.execute(
-            insert(extracts).values(
-                extract_id=extract_id,
-                consumer_id="loyalty-app",
-                purpose="loyalty_profiling",
-                format="ndjson",
-                epoch=1,
-                status="done",
-                k=5,
-                requested_by="t",
-                created_at=NOW,
-            )
-        )
+        extract_id = stored_extract(conn, NOW)
         conn.execute(insert(extract_members).values(extract_id=extract_id, member_id=member_id))
         conn.execute(insert(deletion_feed).values(consumer_id="loyalty-app", epoch=1, pseudonym="ab" * 16, reason="withdrawn", at=NOW))
     rows = _rows(runtime.data_engine)
