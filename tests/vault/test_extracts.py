@@ -41,6 +41,7 @@ from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, Conse
 from vault.data_requests import DataRequestGate, DataRequestService, FiledBy, Filer, Filing, Move, RequestType, Status
 from vault.demo import seed_members
 from vault.errors import ValidationError
+from vault.extracts import runner
 from vault.extracts.consumers import ConsumerRegistry
 from vault.extracts.feed import DeletionFeed, LeftReason
 from vault.extracts.pseudonyms import ROOT_KEY, Pseudonymizer
@@ -271,6 +272,24 @@ def test_one_audit_event_per_extract_names_the_rows_and_the_sorted_member_ids(va
     assert (event.action, event.resource_id, event.purpose, event.outcome) == ("extract", outcome.extract_id, "loyalty_profiling", "ok")
     assert dict(event.details) == {"rows": outcome.rows, "members_sha256": members_sha, "consumer": "loyalty-app"}
     assert (stored.members_sha256, stored.row_count) == (members_sha, outcome.rows)
+
+
+@pytest.mark.parametrize("per_insert", [1, 8])
+def test_every_included_member_is_stored_with_its_row_digest_across_insert_statements(vault: Vault, monkeypatch: pytest.MonkeyPatch, per_insert: int) -> None:
+    monkeypatch.setattr(runner, "MEMBERS_PER_INSERT", per_insert)  # many statements and a short last one, over 120 members
+    vault.consumer("loyalty-app", ["tier", "spend_band"], k=2)
+    _grant_all(vault)
+
+    outcome, data = vault.run("loyalty-app")
+
+    released = {str(row["pseudonym"]) for row in _rows(data)}
+    with vault.rt.data_engine.connect() as conn:
+        stored = conn.execute(select(extract_members.c.member_id, extract_members.c.row_mac).where(extract_members.c.extract_id == outcome.extract_id)).all()
+    assert outcome.rows == len(stored) > per_insert
+    assert per_insert == 1 or len(stored) % per_insert != 0  # a last statement shorter than the others
+    assert {vault.pseudonym("loyalty-app", 1, m) for m, _ in stored} == released
+    assert all(mac is not None and len(mac) == 32 and int(mac, 16) >= 0 for _, mac in stored)
+    assert len({mac for _, mac in stored}) == len(stored)  # one digest per row, each its own
 
 
 def test_a_request_that_cannot_reach_k_within_the_cap_is_refused_and_releases_nothing(vault: Vault) -> None:
