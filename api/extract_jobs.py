@@ -10,8 +10,10 @@ While a job waits or runs, its heartbeat is recorded
 (here while queued, by the runner while it runs). ``sweep`` (called from each process's audit pump, at most every
 ``SWEEP_EVERY``) marks ``failed``/``interrupted`` the running jobs that have
 been silent for ``records.STALE_AFTER`` — their process died — and purges their
-partial files, and purges the kept extracts past their time. Every step is
-idempotent, so several processes sweeping the same database agree.
+partial files, and purges the kept extracts past their time. With a
+``StaleConsentFeed`` it then feeds the stale-consent moments that have passed
+(``vault.extracts.stale``: each once, whichever process gets there first).
+Every step is idempotent, so several processes sweeping the same database agree.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from keys.errors import KeysError
 from vault.extracts import records
 from vault.extracts.runner import ExtractAudit, ExtractRequest, ExtractRunner, ExtractSigning
+from vault.extracts.stale import StaleConsentFeed
 from vault.extracts.store import ExtractStore
 from vault.storage.engine import write_transaction
 
@@ -35,8 +38,17 @@ SWEEP_EVERY = timedelta(seconds=30)
 
 
 class ExtractJobs:
-    def __init__(self, engine: Engine, runner: ExtractRunner, store: ExtractStore, *, heartbeat: timedelta = records.HEARTBEAT) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        runner: ExtractRunner,
+        store: ExtractStore,
+        *,
+        heartbeat: timedelta = records.HEARTBEAT,
+        stale: StaleConsentFeed | None = None,
+    ) -> None:
         self._engine = engine
+        self._stale = stale
         self._heartbeat = heartbeat
         self._runner = runner
         self.store = store
@@ -94,7 +106,10 @@ class ExtractJobs:
             log.warning("extract.discard_failed", extract_id=extract_id, error=type(exc).__name__.lower())
 
     def sweep(self, now: datetime, *, force: bool = False) -> tuple[int, int]:
-        """Interrupt silent jobs and purge kept extracts past their time (at most every ``SWEEP_EVERY``); how many of each."""
+        """Interrupt silent jobs, purge kept extracts past their time, feed passed stale-consent moments (at most every ``SWEEP_EVERY``).
+
+        Returns how many jobs were interrupted and how many extracts purged; the stale moments are logged with their counts.
+        """
         with self._sweep_lock:
             if not force and self._last_sweep is not None and now - self._last_sweep < SWEEP_EVERY:
                 return 0, 0
@@ -108,6 +123,10 @@ class ExtractJobs:
                 records.mark_purged(conn, extract_id, now)
         for extract_id in stale:
             log.warning("extract.interrupted", extract_id=extract_id)
+        if self._stale is not None:
+            for swept in self._stale.sweep(self._engine, now):
+                # Keys the log's allowlist knows: the purpose (a name), entries fed, held members judged.
+                log.info("extract.stale_fed", scope=swept.moment.purpose.value, count=swept.fed, total=swept.judged)
         return len(stale), len(due)
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ from vault.extracts.feed import DeletionFeed
 from vault.extracts.pseudonyms import ROOT_KEY as PSEUDONYM_ROOT
 from vault.extracts.runner import ExtractRunner
 from vault.extracts.source import ProfileSource
+from vault.extracts.stale import StaleConsentFeed
 from vault.extracts.store import ExtractStore
 from vault.ledger_gate import LedgerGate
 from vault.members.gate import MemberGate
@@ -292,7 +293,9 @@ def build(settings: Settings) -> Services:
             consumers=consumers,
             feed=feed,
             extracts=extracts,
-            extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys)),
+            extract_jobs=ExtractJobs(
+                runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys), stale=StaleConsentFeed(consent, feed)
+            ),
             sequencer=Sequencer(runtime.data_engine),
             read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on),
             reads_on_loop=local,

@@ -69,7 +69,10 @@ class DeletionOut(BaseModel):
     seq: int = Field(description="the feed position; pass the last one seen as ?since=")
     epoch: int
     pseudonym: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
-    reason: LeftReason
+    reason: LeftReason = Field(
+        description="why: withdrawn (consent for the purpose withdrawn), erased, restricted, "
+        "or stale (granted under a notice a material version replaced, past its grace period)"
+    )
     at: datetime
 
 

@@ -402,9 +402,20 @@ deletion_feed = Table(
     Column("pseudonym", String(64), nullable=False),
     Column("reason", String(16), nullable=False),
     _ts("at"),
-    CheckConstraint("reason IN ('withdrawn', 'erased', 'restricted')", name="reason"),
+    CheckConstraint("reason IN ('withdrawn', 'erased', 'restricted', 'stale', 'suppressed')", name="reason"),
     Index(None, "consumer_id", "seq"),
     UniqueConstraint("consumer_id", "epoch", "pseudonym"),
+)
+
+# A stale-consent moment (a material notice version, past its grace period) the deletion feed was swept for, once (``vault.extracts.stale``).
+# No foreign key to ``consent_notices``: it would turn that table's TRUNCATE refusal from its own trigger into a reference error.
+deletion_feed_sweeps = Table(
+    "deletion_feed_sweeps",
+    metadata,
+    Column("purpose", String(32), primary_key=True),
+    Column("notice_version", Integer, primary_key=True, autoincrement=False),
+    _ts("stale_at"),  # the notice's effective_at plus the grace period: earlier grants stopped counting then
+    _ts("swept_at"),
 )
 
 __all__ = [
@@ -418,6 +429,7 @@ __all__ = [
     "data_request_steps",
     "data_requests",
     "deletion_feed",
+    "deletion_feed_sweeps",
     "erasures",
     "extract_members",
     "extracts",
