@@ -293,9 +293,7 @@ def build(settings: Settings) -> Services:
             consumers=consumers,
             feed=feed,
             extracts=extracts,
-            extract_jobs=ExtractJobs(
-                runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys), stale=StaleConsentFeed(consent, feed)
-            ),
+            extract_jobs=ExtractJobs(runtime.data_engine, extracts, ExtractStore(exports / "extracts", runtime.keys), stale=StaleConsentFeed(consent, feed)),
             sequencer=Sequencer(runtime.data_engine),
             read_events=LoopGroupCommit(gatekeeper.journal, runtime.data_engine.connect, write_on),
             reads_on_loop=local,
