@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Exists, exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from vault.storage.engine import write_transaction
@@ -69,13 +69,24 @@ class Holding:
     journal_id: int | None
 
 
+def held_member(member_id: str) -> Exists:
+    """A condition on ``extracts``: the extract held the member.
+
+    ``extract_members`` has no index on ``member_id`` alone (each extract's
+    members would land all over one, and every extract would rewrite it), so
+    a member is found extract by extract: one seek of the primary key
+    ``(extract_id, member_id)`` per extract, the extracts read first.
+    """
+    m = extract_members.c
+    return exists().where(m.extract_id == extracts.c.extract_id, m.member_id == member_id)
+
+
 def holdings(conn: Connection, member_id: str) -> list[Holding]:
     """Every done extract that held the member, oldest first (the member's access log lists them)."""
-    e, m = extracts.c, extract_members.c
+    e = extracts.c
     rows = conn.execute(
         select(e.extract_id, e.consumer_id, e.purpose, e.epoch, e.finished_at, e.journal_id)
-        .join(extract_members, m.extract_id == e.extract_id)
-        .where(m.member_id == member_id, e.status == "done")
+        .where(e.status == "done", held_member(member_id))
         .order_by(e.created_at, e.extract_id)
     )
     return [Holding(str(i), str(c), str(p), int(n), at, None if j is None else int(j)) for i, c, p, n, at, j in rows]
@@ -166,6 +177,7 @@ __all__ = [
     "extract_record",
     "heartbeat",
     "held_by_events",
+    "held_member",
     "holdings",
     "interrupt",
     "interrupt_stale",

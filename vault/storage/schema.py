@@ -390,7 +390,8 @@ extract_members = Table(
     Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), primary_key=True),
     # A keyed digest of the row the member was released as: an incremental extract leaves out rows its base already held.
     Column("row_mac", String(32), nullable=True),
-    Index(None, "member_id"),
+    # No index on member_id alone: an extract's members are spread over all of one, so every extract would rewrite it
+    # whole (its cost growing with the history). A member's extracts are found by a seek of the key per extract.
 )
 
 deletion_feed = Table(
