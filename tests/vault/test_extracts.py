@@ -292,6 +292,27 @@ def test_every_included_member_is_stored_with_its_row_digest_across_insert_state
     assert len({mac for _, mac in stored}) == len(stored)  # one digest per row, each its own
 
 
+@pytest.mark.parametrize("k", [None, 500])  # done, and refused
+def test_finished_at_and_the_audit_event_tell_when_the_run_ended_the_manifest_when_consent_was_read(vault: Vault, k: int | None) -> None:
+    vault.consumer("loyalty-app", ["tier"], k=2)
+    _grant_all(vault)
+    before = datetime.now(UTC)
+
+    outcome, _ = vault.run("loyalty-app", k=k)  # its snapshot is NOW, three weeks before the clock
+
+    after = datetime.now(UTC)
+    with vault.rt.data_engine.connect() as conn:
+        row = conn.execute(select(extracts.c.status, extracts.c.created_at, extracts.c.finished_at).where(extracts.c.extract_id == outcome.extract_id)).one()
+        leaves = [bytes(b) for b in conn.scalars(select(audit_journal.c.leaf).order_by(audit_journal.c.journal_id))]
+    event = next(e for e in (AuditEvent.from_json_obj(json.loads(leaf)) for leaf in leaves) if e.action == "extract")
+    assert row.status == outcome.status == ("done" if k is None else "refused")
+    assert row.created_at == NOW
+    assert before <= row.finished_at <= after
+    assert before.replace(microsecond=0) <= datetime.fromisoformat(event.time.replace("Z", "+00:00")) <= after
+    if outcome.claims is not None:
+        assert outcome.claims["consent_snapshot_at"] == "2026-11-01T09:00:00Z"
+
+
 def test_a_request_that_cannot_reach_k_within_the_cap_is_refused_and_releases_nothing(vault: Vault) -> None:
     vault.consumer("loyalty-app", [*STATIC, "spend_band", "balance_band"], k=2, cap=0)
     for m in vault.members[:5]:

@@ -26,6 +26,9 @@ counts, hashes and signed manifest, and the extract's one audit event is
 journaled (action ``extract``, resource the extract, the released attributes
 in ``fields``, the row count and the SHA-256 of the sorted included member ids
 in ``details``). A refusal is journaled the same way, outcome ``refused``.
+The row's ``finished_at`` and the event's time are when that transaction
+runs (the runner's ``clock``); the run's ``now`` is the consent snapshot time,
+which the manifest names.
 
 An incremental extract (``since``) plans over every eligible member as a full
 one does, and releases only rows whose keyed digest differs from what the
@@ -45,7 +48,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -144,11 +147,14 @@ class ExtractRunner:
         opener: Opener | None = None,
         workers: int | None = None,
         worker_range: int = 5000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``opener`` (picklable, e.g. ``functools.partial(open_runtime, settings)``) lets the first pass run in ``workers`` processes.
 
         ``workers`` defaults to one per CPU, at most 4; without an ``opener`` the first pass runs in this process,
         as it does when the vault holds no more than ``worker_range`` members (the members a worker reads per task).
+        ``clock`` tells when a run ends (``finished_at`` and the time of its audit event); a run's ``now`` is when its
+        consent snapshot was taken.
         """
         self._engine = engine
         self._keys = keys
@@ -159,6 +165,7 @@ class ExtractRunner:
         self._workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self._worker_range = worker_range
         self._journal = AuditJournal()
+        self._clock = clock
 
     def begin(self, conn: Connection, request: ExtractRequest, *, requested_by: str, now: datetime) -> None:
         """Record the extract as ``running`` in the caller's transaction; an incremental one's base must be a done extract of this epoch."""
@@ -225,7 +232,7 @@ class ExtractRunner:
         except Exception as exc:
             # Nothing was released (the caller discards ``out``): the job is marked failed with a code, never left running.
             with write_transaction(self._engine) as conn:
-                failed = {"status": "failed", "reason": type(exc).__name__.lower()[:64], "finished_at": now}
+                failed = {"status": "failed", "reason": type(exc).__name__.lower()[:64], "finished_at": self._clock()}
                 conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id, extracts.c.status == "running").values(**failed))
             raise
 
@@ -269,7 +276,7 @@ class ExtractRunner:
                     fixed=fixed,
                 )
             except AnonymityRefusedError:
-                return self._refuse(request, histogram.rows, audit, now)
+                return self._refuse(request, histogram.rows, audit)
             plain = _plain_columns(consumer)
             columns = [Column("pseudonym"), *(Column(n) for n in qi_names), *(Column(n) for n in sensitive_names), *plain]
             writer = open_writer(request.fmt, columns, out)
@@ -293,6 +300,7 @@ class ExtractRunner:
             claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
+                at = self._clock()  # when the extract is released: its row's finished_at and its audit event
                 _insert_members(conn, request.extract_id, (line.split(":") for sealed in included.read() for line in sealed.decode("ascii").split("\n")))
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
@@ -306,14 +314,12 @@ class ExtractRunner:
                         content_bytes=written.size,
                         members_sha256=members_sha.hexdigest(),
                         manifest=manifest,
-                        finished_at=now,
+                        finished_at=at,
                     )
                 )
                 if finished.rowcount != 1:  # marked interrupted meanwhile: nothing is released (this transaction rolls back)
                     raise ConflictError("the extract was marked interrupted while it ran")
-                journal_id = self._journal.append(
-                    conn, _event(request, audit, now, outcome="ok", rows=released, members_sha256=members_sha.hexdigest()), now=now
-                )
+                journal_id = self._journal.append(conn, _event(request, audit, at, outcome="ok", rows=released, members_sha256=members_sha.hexdigest()), now=at)
                 conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(journal_id=journal_id))
         return ExtractOutcome(request.extract_id, "done", released, None, written, members_sha.hexdigest(), manifest, claims)
 
@@ -373,10 +379,11 @@ class ExtractRunner:
         workers.release_with(job)
         workers.ordered((Chunk(chunk) for chunk in rows.read()), here, emit, ReleasedChunk)
 
-    def _refuse(self, request: ExtractRequest, rows: int, audit: ExtractAudit, now: datetime) -> ExtractOutcome:
+    def _refuse(self, request: ExtractRequest, rows: int, audit: ExtractAudit) -> ExtractOutcome:
         with write_transaction(self._engine) as conn:
-            journal_id = self._journal.append(conn, _event(request, audit, now, outcome="refused", rows=0, members_sha256=None), now=now)
-            refused = {"status": "refused", "reason": "k_unreachable", "finished_at": now, "journal_id": journal_id}
+            at = self._clock()
+            journal_id = self._journal.append(conn, _event(request, audit, at, outcome="refused", rows=0, members_sha256=None), now=at)
+            refused = {"status": "refused", "reason": "k_unreachable", "finished_at": at, "journal_id": journal_id}
             conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id, extracts.c.status == "running").values(**refused))
         return ExtractOutcome(request.extract_id, "refused", rows, "k_unreachable")
 
