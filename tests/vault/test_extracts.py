@@ -85,12 +85,18 @@ class Vault:
         with write_transaction(self.rt.data_engine) as conn:
             self.consent.record(conn, member_id, request, Recorder("app", RecorderRole.member), consent_id=new_id(), request_id="test", now=at)
 
-    def run(self, consumer_id: str, fmt: ExtractFormat = ExtractFormat.ndjson, *, k: int | None = None, now: datetime = NOW) -> tuple[ExtractOutcome, bytes]:
+    def run(
+        self, consumer_id: str, fmt: ExtractFormat = ExtractFormat.ndjson, *, k: int | None = None, since: str | None = None, now: datetime = NOW
+    ) -> tuple[ExtractOutcome, bytes]:
         with self.rt.data_engine.connect() as conn:
             consumer = self.registry.get(conn, consumer_id)
         out = io.BytesIO()
         outcome = self.runner.run(
-            ExtractRequest(new_id(), consumer, fmt, k), out, audit=ExtractAudit(DPO, f"req-{new_id()[:8]}", "policy-test-1"), signing=self.signing, now=now
+            ExtractRequest(new_id(), consumer, fmt, k, since),
+            out,
+            audit=ExtractAudit(DPO, f"req-{new_id()[:8]}", "policy-test-1"),
+            signing=self.signing,
+            now=now,
         )
         return outcome, out.getvalue()
 
@@ -237,6 +243,30 @@ def test_withdrawal_erasure_and_restriction_leave_the_next_extract_and_enter_the
         (vault.pseudonym("loyalty-app", 1, restricted), LeftReason.restricted),
     }
     assert not {e.pseudonym for e in feed} & {r["pseudonym"] for r in _rows(data)}
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_member_released_earlier_and_suppressed_later_enters_the_feed(vault: Vault, incremental: bool) -> None:
+    vault.consumer("loyalty-app", ["gender", "age_band"], k=2)
+    _grant_all(vault)
+    first, _ = vault.run("loyalty-app")  # fixes the epoch's generalization
+
+    # The same generalization at a larger k: the classes of two or three members are suppressed now.
+    second, second_data = vault.run("loyalty-app", k=4, since=first.extract_id if incremental else None, now=NOW + timedelta(minutes=1))
+    third, third_data = vault.run("loyalty-app", k=4, now=NOW + timedelta(minutes=2))  # a full extract: who is still released
+
+    assert (second.status, third.status) == ("done", "done")
+    left = vault.included(first.extract_id) - vault.included(third.extract_id)
+    assert left, "the larger k suppressed some of the first extract's members"
+    with vault.rt.data_engine.connect() as conn:
+        feed = vault.feed.since(conn, "loyalty-app", after=0, limit=500)
+    assert {(e.pseudonym, e.reason) for e in feed} == {(vault.pseudonym("loyalty-app", 1, m), LeftReason.suppressed) for m in left}
+    assert not {e.pseudonym for e in feed} & {r["pseudonym"] for r in _rows(second_data) + _rows(third_data)}
+    with vault.rt.data_engine.connect() as conn:
+        leaves = [bytes(b) for b in conn.scalars(select(audit_journal.c.leaf).order_by(audit_journal.c.journal_id))]
+    events = {e.resource_id: dict(e.details) for e in (AuditEvent.from_json_obj(json.loads(leaf)) for leaf in leaves) if e.action == "extract"}
+    assert events[second.extract_id]["withdrawn"] == len(left)  # the second run fed them
+    assert "withdrawn" not in events[third.extract_id]  # already listed: not again
 
 
 @pytest.mark.parametrize("fmt", list(ExtractFormat))

@@ -8,7 +8,10 @@ each row's keyed digest. Per row, in order:
 
 * ``Plan.release`` generalizes the quasi-identifiers and withholds the
   sensitive values of a class that is not l-diverse; a row of a suppressed
-  class is dropped;
+  class is dropped, and if an earlier extract of the epoch released the
+  member (``held_before``) the member is ``withdrawn``: the runner puts it
+  in the consumer's deletion feed with the extract, so a member suppressed
+  later does not stay with the consumer as it was;
 * ``rfm``'s M digit is masked (``M*``) unless ``spend_band`` is released at
   its finest level, so ``rfm`` cannot undo the generalization;
 * the row's digest (``RowMac``: HMAC-SHA256 under a key derived per consumer
@@ -85,6 +88,8 @@ class ReleasedChunk:
     encoded: Encoded
     member_ids: tuple[str, ...]  # the rows' members, in order
     row_macs: tuple[str, ...]  # the rows' digests, in order
+    # Members of this chunk's suppressed rows that an earlier extract of the epoch released: the consumer must delete them.
+    withdrawn: tuple[str, ...] = ()
 
 
 class RowMac:
@@ -111,11 +116,13 @@ class Releaser:
         job, mask_rfm, release, plain_names = self._job, self._mask_rfm, self._job.plan.release, self._job.plain_names
         ids: list[str] = []
         rows: list[OutRow] = []
+        suppressed: list[str] = []
         # The first pass's own rows, from this run's authenticated spool (or this run's pipe): a marshal blob, not outside input.
         spooled: list[SpoolRow] = marshal.loads(chunk)  # noqa: S302 — written by this run's first pass, read back from its AES-GCM spool
         for member_id, pseudonym, qi, sensitive, plain in spooled:
             released = release(qi, sensitive)  # as the histogram counted them (``hashable`` sensitive values)
             if released is None:
+                suppressed.append(member_id)
                 continue
             if mask_rfm and isinstance(rfm := plain.get("rfm"), str) and rfm:
                 plain["rfm"] = rfm[:-1] + "*"
@@ -123,36 +130,37 @@ class Releaser:
             ids.append(member_id)
             rows.append((pseudonym, *released.qi, *hidden, *(hashable(plain.get(n)) for n in plain_names)))
         macs = [self._row_mac(row) for row in rows]
-        if job.since is not None and ids:
+        withdrawn: tuple[str, ...] = ()
+        if suppressed or (job.since is not None and ids):
             with self._engine.connect() as conn:
-                held = held_before(conn, job, ids)
-            keep = [i for i, member_id in enumerate(ids) if held.get(member_id) != macs[i]]
-            ids, rows, macs = [ids[i] for i in keep], [rows[i] for i in keep], [macs[i] for i in keep]
-        return ReleasedChunk(job.encode(rows), tuple(ids), tuple(macs))
+                if suppressed:
+                    held = held_before(conn, job, suppressed)
+                    withdrawn = tuple(member_id for member_id in suppressed if member_id in held)
+                if job.since is not None and ids:
+                    held = held_before(conn, job, ids)
+                    keep = [i for i, member_id in enumerate(ids) if held.get(member_id) != macs[i]]
+                    ids, rows, macs = [ids[i] for i in keep], [rows[i] for i in keep], [macs[i] for i in keep]
+        return ReleasedChunk(job.encode(rows), tuple(ids), tuple(macs), withdrawn)
 
 
 def held_before(conn: Connection, job: Releasing, member_ids: Sequence[str]) -> dict[str, str]:
-    """For each member, the row digest of the last extract up to ``job.since`` (same consumer and epoch) that held them.
+    """For each member the consumer holds, the row digest of the last done extract of the epoch that held them.
 
     An incremental extract's consumer has applied every extract of the epoch up
-    to its base, in order: what it holds for a member is what the latest of
-    them released.
+    to its base (``job.since``), in order: what it holds for a member is what
+    the latest of them released. A full extract's consumer may hold any done
+    extract of the epoch.
     """
     e, m = extracts.c, extract_members.c
-    base = select(e.created_at).where(e.extract_id == job.since).scalar_subquery()
-    rows = conn.execute(
+    held = (
         select(m.member_id, m.row_mac)
         .join(extracts, e.extract_id == m.extract_id)
-        .where(
-            e.consumer_id == job.consumer_id,
-            e.epoch == job.epoch,
-            e.status == "done",
-            e.created_at <= base,
-            m.member_id.in_(list(member_ids)),
-        )
+        .where(e.consumer_id == job.consumer_id, e.epoch == job.epoch, e.status == "done", m.member_id.in_(list(member_ids)))
         .order_by(e.created_at, e.extract_id)
     )
-    return {str(member_id): str(mac) for member_id, mac in rows}
+    if job.since is not None:
+        held = held.where(e.created_at <= select(e.created_at).where(e.extract_id == job.since).scalar_subquery())
+    return {str(member_id): str(mac) for member_id, mac in conn.execute(held)}
 
 
 __all__ = ["OutRow", "ReleasedChunk", "Releaser", "Releasing", "RowMac", "compact_json", "held_before"]

@@ -68,6 +68,7 @@ from vault.extracts import profile as pf
 from vault.extracts._workers import Chunk, ExtractWorkerError, Range, Task, WorkerPool
 from vault.extracts.anonymity import AnonymityRefusedError, Histogram, Plan, choose
 from vault.extracts.consumers import Consumer, ConsumerRegistry
+from vault.extracts.feed import DeletionFeed, LeftReason
 from vault.extracts.profiling import Profiled, Profiler, Profiling, id_ranges
 from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.records import heartbeat
@@ -166,6 +167,7 @@ class ExtractRunner:
         self._worker_range = worker_range
         self._journal = AuditJournal()
         self._clock = clock
+        self._feed = DeletionFeed(lambda: keys.root_key(ROOT_KEY))
 
     def begin(self, conn: Connection, request: ExtractRequest, *, requested_by: str, now: datetime) -> None:
         """Record the extract as ``running`` in the caller's transaction; an incremental one's base must be a done extract of this epoch."""
@@ -283,6 +285,7 @@ class ExtractRunner:
             releasing = Releasing(plan, tuple(c.name for c in plain), writer.encode, consumer.consumer_id, epoch, request.since)
             members_sha = hashlib.sha256()
             released = 0
+            withdrawn: list[str] = []  # at most the suppressed rows: bounded by the suppression cap
 
             def emit(chunk: ReleasedChunk) -> None:
                 nonlocal released
@@ -291,6 +294,7 @@ class ExtractRunner:
                     members_sha.update("".join(f"{i}\n" for i in chunk.member_ids).encode("ascii"))
                     included.write("\n".join(f"{i}:{m}" for i, m in zip(chunk.member_ids, chunk.row_macs, strict=True)).encode("ascii"))
                     released += len(chunk.member_ids)
+                withdrawn.extend(chunk.withdrawn)
 
             self._second_pass(releasing, workers, rows, emit)
             if workers is not None:
@@ -302,6 +306,7 @@ class ExtractRunner:
             with write_transaction(self._engine) as conn:
                 at = self._clock()  # when the extract is released: its row's finished_at and its audit event
                 _insert_members(conn, request.extract_id, (line.split(":") for sealed in included.read() for line in sealed.decode("ascii").split("\n")))
+                fed = self._feed.members_left(conn, consumer.consumer_id, epoch, withdrawn, LeftReason.suppressed, now=at)
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
                 finished = conn.execute(
@@ -319,7 +324,8 @@ class ExtractRunner:
                 )
                 if finished.rowcount != 1:  # marked interrupted meanwhile: nothing is released (this transaction rolls back)
                     raise ConflictError("the extract was marked interrupted while it ran")
-                journal_id = self._journal.append(conn, _event(request, audit, at, outcome="ok", rows=released, members_sha256=members_sha.hexdigest()), now=at)
+                event = _event(request, audit, at, outcome="ok", rows=released, members_sha256=members_sha.hexdigest(), withdrawn=fed)
+                journal_id = self._journal.append(conn, event, now=at)
                 conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(journal_id=journal_id))
         return ExtractOutcome(request.extract_id, "done", released, None, written, members_sha.hexdigest(), manifest, claims)
 
@@ -478,8 +484,12 @@ def _manifest(
     }
 
 
-def _event(request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outcome: str, rows: int, members_sha256: str | None) -> AuditEvent:
+def _event(
+    request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outcome: str, rows: int, members_sha256: str | None, withdrawn: int = 0
+) -> AuditEvent:
     details: dict[str, int | str] = {"rows": rows, "consumer": request.consumer.consumer_id}
+    if withdrawn:
+        details["withdrawn"] = withdrawn  # pseudonyms put in the deletion feed: released earlier in the epoch, suppressed now
     if members_sha256 is not None:
         details["members_sha256"] = members_sha256
     if request.since is not None:

@@ -1,7 +1,7 @@
 """extract_members: no index on member_id alone; a member's extracts are found by the primary key, extract by extract
 
 Revision ID: 0011_extract_members_by_extract
-Revises: 0009_extract_indexes
+Revises: 0010_stale_feed
 Create Date: 2026-11-23 12:40:00
 
 An extract's included members were inserted into ``ix_extract_members_member_id``
@@ -21,7 +21,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011_extract_members_by_extract"
-down_revision = "0009_extract_indexes"
+down_revision = "0010_stale_feed"
 branch_labels = None
 depends_on = None
 
