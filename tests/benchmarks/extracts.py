@@ -326,6 +326,15 @@ def _member_count(data_dir: Path) -> int:
     return int(data.execute("SELECT count(*) FROM members").fetchone()[0])
 
 
+def _history(data_dir: Path) -> str:
+    """The vault's size and extract history: every run adds its included members to ``extract_members``, for good."""
+    data = sqlite3.connect(f"file:{data_dir / 'vault.db'}?mode=ro", uri=True)
+    held = int(data.execute("SELECT count(*) FROM extract_members").fetchone()[0])
+    done = int(data.execute("SELECT count(*) FROM extracts WHERE status = 'done'").fetchone()[0])
+    size = sum(f.stat().st_size for f in data_dir.glob("vault.db*")) / 2**30
+    return f"{_member_count(data_dir):,} members: {done} done extracts holding {held:,} membership rows, {size:.1f} GiB on disk"
+
+
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -358,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "| members | variant | members/s (median) | rows/s | wall s (runs) | peak RSS MiB (tree / largest process) | CPU s | ours ÷ this |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
+    histories = [_history(data_dir) for data_dir in vaults.values()]
     with tempfile.TemporaryDirectory() as tmp:
         for data_dir in vaults.values():
             count = _member_count(data_dir)
@@ -377,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
                 out.write(f"| {count:,} | {label} | {count / wall:,.0f} | — | {wall:.1f} ({walls}) | — | — | {wall / ours_wall:.2f} |\n")
             out.flush()
+    out.write("\nthe vaults before the runs (the page cache must hold what a run reads): " + "; ".join(histories) + "\n")
     if args.choose_rows:
         found = bench_choose(args.choose_rows, args.repeats)
         out.write(
