@@ -177,11 +177,20 @@ def _holders(conn: Connection, purpose: Purpose) -> list[tuple[str, int]]:
 
 
 def _held_after(conn: Connection, purpose: Purpose, consumer_id: str, epoch: int, after: str) -> list[str]:
-    """The next ``BATCH`` members above ``after`` the done extracts of (``consumer_id``, ``epoch``) for ``purpose`` held, distinct, in id order."""
+    """The next ``BATCH`` members above ``after`` the done extracts of (``consumer_id``, ``epoch``) for ``purpose`` held, distinct, in id order.
+
+    Extract by extract, each a range of the primary key ``(extract_id,
+    member_id)`` (``extract_members`` has no index on ``member_id`` alone): the
+    ``BATCH`` smallest of the union are among each extract's ``BATCH`` smallest.
+    """
     e, m = extracts.c, extract_members.c
     held_by = select(e.extract_id).where(e.consumer_id == consumer_id, e.epoch == epoch, e.purpose == purpose.value, e.status == "done")
-    stmt = select(m.member_id).where(m.extract_id.in_(held_by), m.member_id > after).distinct().order_by(m.member_id).limit(BATCH)
-    return [str(i) for i in conn.scalars(stmt)]
+    found: set[str] = set()
+    for extract_id in [str(i) for i in conn.scalars(held_by)]:
+        found.update(
+            str(i) for i in conn.scalars(select(m.member_id).where(m.extract_id == extract_id, m.member_id > after).order_by(m.member_id).limit(BATCH))
+        )
+    return sorted(found)[:BATCH]
 
 
 def _event(batch: _Batch, fed: int, now: datetime) -> AuditEvent:
