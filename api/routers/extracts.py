@@ -146,7 +146,7 @@ def start_extract(
 
 @router.get(
     "/deletions",
-    summary="The calling consumer's deletion feed: pseudonyms to delete downstream (withdrawn, erased, restricted)",
+    summary="The calling consumer's deletion feed: pseudonyms to delete downstream (withdrawn, erased, restricted, stale consent, suppressed later)",
     response_model=None,
     responses={200: {"model": DeletionPage}, **_READ_ERRORS},
 )
