@@ -63,6 +63,7 @@ from keys.member_keys import MemberKeys
 from keys.signing import SigningKey
 from vault.data_requests.spool import Spool
 from vault.errors import ConflictError, ValidationError
+from vault.extracts import feed
 from vault.extracts import hierarchies as hi
 from vault.extracts import profile as pf
 from vault.extracts._workers import Chunk, ExtractWorkerError, Range, Task, WorkerPool
@@ -194,6 +195,7 @@ class ExtractRunner:
             "expires_at": request.keep_until,
         }
         busy = ConflictError("an extract for this consumer is running; start the next one when it has finished")
+        feed.hold(conn)  # a departure commits before this start (the snapshots see it) or finds the extract running
         if conn.execute(select(extracts.c.extract_id).where(extracts.c.consumer_id == consumer.consumer_id, extracts.c.status == "running")).first():
             raise busy
         try:
@@ -304,9 +306,9 @@ class ExtractRunner:
             claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
+                feed.hold(conn)
                 at = self._clock()  # when the extract is released: its row's finished_at and its audit event
                 _insert_members(conn, request.extract_id, (line.split(":") for sealed in included.read() for line in sealed.decode("ascii").split("\n")))
-                fed = self._feed.members_left(conn, consumer.consumer_id, epoch, withdrawn, LeftReason.suppressed, now=at)
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
                 finished = conn.execute(
@@ -320,11 +322,16 @@ class ExtractRunner:
                         members_sha256=members_sha.hexdigest(),
                         manifest=manifest,
                         finished_at=at,
+                        feed_seq=feed.last_seq(conn),  # before this transaction's own entries: they come after the release
                     )
                 )
                 if finished.rowcount != 1:  # marked interrupted meanwhile: nothing is released (this transaction rolls back)
                     raise ConflictError("the extract was marked interrupted while it ran")
-                event = _event(request, audit, at, outcome="ok", rows=released, members_sha256=members_sha.hexdigest(), withdrawn=fed)
+                withdrawn_fed = self._feed.members_left(conn, consumer.consumer_id, epoch, withdrawn, LeftReason.suppressed, now=at)
+                departed_fed = self._feed.departed(conn, request.extract_id, now=at)
+                event = _event(
+                    request, audit, at, outcome="ok", rows=released, members_sha256=members_sha.hexdigest(), withdrawn=withdrawn_fed, departed=departed_fed
+                )
                 journal_id = self._journal.append(conn, event, now=at)
                 conn.execute(update(extracts).where(extracts.c.extract_id == request.extract_id).values(journal_id=journal_id))
         return ExtractOutcome(request.extract_id, "done", released, None, written, members_sha.hexdigest(), manifest, claims)
@@ -485,11 +492,21 @@ def _manifest(
 
 
 def _event(
-    request: ExtractRequest, audit: ExtractAudit, now: datetime, *, outcome: str, rows: int, members_sha256: str | None, withdrawn: int = 0
+    request: ExtractRequest,
+    audit: ExtractAudit,
+    now: datetime,
+    *,
+    outcome: str,
+    rows: int,
+    members_sha256: str | None,
+    withdrawn: int = 0,
+    departed: int = 0,
 ) -> AuditEvent:
     details: dict[str, int | str] = {"rows": rows, "consumer": request.consumer.consumer_id}
     if withdrawn:
         details["withdrawn"] = withdrawn  # pseudonyms put in the deletion feed: released earlier in the epoch, suppressed now
+    if departed:
+        details["departed"] = departed  # pseudonyms put in the deletion feed: included, but the member left while the extract ran
     if members_sha256 is not None:
         details["members_sha256"] = members_sha256
     if request.since is not None:

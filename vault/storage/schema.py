@@ -376,6 +376,8 @@ extracts = Table(
     _ts("expires_at", nullable=True),  # its sealed data is purged after this (jobs run through the API)
     _ts("purged_at", nullable=True),
     Column("journal_id", BigInteger, nullable=True),  # the extract's audit event (audit_journal.journal_id)
+    # The deletion feed's last ``seq`` when the extract was released: entries above it came after the consumer got these members.
+    Column("feed_seq", BigInteger, nullable=True),
     CheckConstraint("format IN ('ndjson', 'csv', 'parquet')", name="format"),
     CheckConstraint("status IN ('running', 'done', 'refused', 'failed')", name="status"),
     Index(None, "consumer_id", "created_at"),
@@ -405,7 +407,20 @@ deletion_feed = Table(
     _ts("at"),
     CheckConstraint("reason IN ('withdrawn', 'erased', 'restricted', 'stale', 'suppressed')", name="reason"),
     Index(None, "consumer_id", "seq"),
-    UniqueConstraint("consumer_id", "epoch", "pseudonym"),
+    # Not unique: a pseudonym is fed again when an extract released it after its last entry (``vault.extracts.feed``).
+    Index(None, "consumer_id", "epoch", "pseudonym", "seq"),
+)
+
+# A member who left (withdrew, was erased or restricted) while an extract of a purpose they left was running. That
+# extract's snapshots may predate the departure: when it is released, it feeds those of them it included.
+extract_departures = Table(
+    "extract_departures",
+    metadata,
+    Column("extract_id", String(ID_LENGTH), ForeignKey("extracts.extract_id"), primary_key=True),
+    Column("member_id", String(ID_LENGTH), ForeignKey("members.member_id"), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    _ts("at"),
+    CheckConstraint("reason IN ('withdrawn', 'erased', 'restricted')", name="reason"),
 )
 
 # A stale-consent moment (a material notice version, past its grace period) the deletion feed was swept for, once (``vault.extracts.stale``).
