@@ -27,7 +27,7 @@ from vault.storage.schema import extract_members
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 MESSAGE = "extract membership and the deletion feed are append-only"
-# Every append-only table of the data database (migrations 0002, 0003, 0005, 0006, 0007).
+# Every append-only table of the data database (migrations 0002, 0003, 0005, 0006, 0007, 0010, 0012).
 APPEND_ONLY = (
     "audit_journal",
     "audit_leaves",
@@ -39,6 +39,8 @@ APPEND_ONLY = (
     "data_requests",
     "extract_members",
     "deletion_feed",
+    "deletion_feed_sweeps",
+    "extract_departures",
 )
 
 

@@ -20,9 +20,12 @@ by the number of distinct quasi-identifier tuples:
    processes as the first pass, and the chunks are appended to the writer in
    spool order: the file is the one a single process writes.
 
-Then, in one transaction: the included members go into ``extract_members``,
-the epoch's generalization is fixed, the extract row is ``done`` with its
-counts, hashes and signed manifest, and the extract's one audit event is
+Then, in one transaction under the deletion feed's lock: the included members
+go into ``extract_members``, the epoch's generalization is fixed, the extract
+row is ``done`` with its counts, hashes, signed manifest and the feed's last
+``seq`` (``feed_seq``); the deletion feed takes the members an earlier extract
+of the epoch released and this one suppressed, and those this one included who
+left while it ran (``vault.extracts.feed``); and the extract's one audit event is
 journaled (action ``extract``, resource the extract, the released attributes
 in ``fields``, the row count and the SHA-256 of the sorted included member ids
 in ``details``). A refusal is journaled the same way, outcome ``refused``.

@@ -13,8 +13,9 @@ Invariants:
   extracts held (``extract_members``) whose consent for *p* is not live at the
   sweep's ``now`` — decided by ``ConsentService.live_among_on_driver``, the
   rule every other gate uses — are fed with reason ``stale``
-  (``DeletionFeed.members_left``: the consumer's pseudonym for that epoch; a
-  pseudonym already in the feed is not added again). A member who granted
+  (``DeletionFeed.members_left``: the consumer's pseudonym for that epoch,
+  unless its last entry came after every extract of the epoch that released
+  it). A member who granted
   again under the new notice before the sweep is live and is not fed.
 * The held members are judged ``BATCH`` at a time in member-id order, each
   batch in its own write transaction: memory stays bounded by a batch, and
@@ -27,9 +28,8 @@ Invariants:
   finds the row stops. A sweep interrupted midway (the process stopped)
   leaves no row, and the next one goes over the moment again: what was fed is
   not fed twice. Two processes sweeping the same moment at once feed each
-  pseudonym once (SQLite has one writer; on PostgreSQL the feed's insert does
-  nothing on a conflict), and the second to finish finds the row written: no
-  sweep fails for it.
+  pseudonym once (the feed's writers hold its lock: ``vault.extracts.feed``),
+  and the second to finish finds the row written: no sweep fails for it.
 * A moment waits while an extract of its purpose started before it is still
   running: that extract judged consent before the moment and records its
   members only when it ends. (One the heartbeat sweep marks interrupted
