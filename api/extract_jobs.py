@@ -95,7 +95,7 @@ class ExtractJobs:
                 self._pending.discard(extract_id)
             if status != "done":
                 self._discard(extract_id)
-        log.info("extract.finished", extract_id=extract_id, status=status)
+        log.info("extract.finished", extract_id=extract_id, outcome=status)
 
     def _discard(self, extract_id: str) -> None:
         try:

@@ -69,6 +69,8 @@ ALLOWED_KEYS: dict[str, Callable[[object], bool]] = {
     "client_id": _name,  # a registered service client's id: an operator-chosen name, never personal
     "treatment_id": _hex_id,
     "entry_id": _hex_id,
+    "extract_id": _hex_id,
+    "outcome": _name,  # how a job ended: done, refused, failed
     "field": _name,
     "fields": _names,
     "categories": _names,

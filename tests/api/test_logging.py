@@ -8,11 +8,13 @@ writing to standard error.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,6 +107,8 @@ def test_every_allowed_key_keeps_a_value_of_its_shape(log_lines: Any) -> None:
         "member_id": MEMBER_ID,
         "treatment_id": MEMBER_ID,
         "entry_id": MEMBER_ID,
+        "extract_id": MEMBER_ID,
+        "outcome": "refused",
         "field": "phone",
         "fields": ["phone", "email"],
         "categories": ["contact", "health"],
@@ -248,3 +252,18 @@ def test_configure_filters_below_the_level(capsys: pytest.CaptureFixture[str]) -
         structlog.reset_defaults()
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["event"] for line in lines] == ["shown"]
+
+
+def test_every_key_the_code_logs_is_one_the_allowlist_keeps() -> None:
+    """A key the allowlist does not know is dropped from the line: the code must not log one (it would vanish silently)."""
+    root = Path(__file__).resolve().parents[2]
+    logged: dict[str, set[str]] = {}
+    for package in ("api", "vault", "keys", "audit"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                call = node if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) else None
+                if call is not None and call.func.value.id == "log" and call.func.attr in ("debug", "info", "warning", "error", "exception"):
+                    for keyword in call.keywords:
+                        logged.setdefault(str(keyword.arg), set()).add(path.relative_to(root).as_posix())
+    assert "extract_id" in logged, "the scan found the code's log calls"
+    assert {key: sorted(paths) for key, paths in logged.items() if key not in oplog.ALLOWED_KEYS} == {}
