@@ -259,6 +259,7 @@ def _status(record: ExtractRecord | None) -> dict[str, object]:
         "expires_at": record.expires_at,
         "purged": record.purged_at is not None,
         "manifest": record.manifest if record.status == "done" else None,
+        "feed_seq": record.feed_seq if record.status == "done" else None,
     }
 
 

@@ -63,6 +63,10 @@ class ExtractOut(BaseModel):
     expires_at: datetime | None = Field(description="the data is purged at this time")
     purged: bool = Field(description="the data was purged (the manifest stays)")
     manifest: str | None = Field(description="once done: the signed manifest, a JWS (typ extract-manifest+jwt) verifiable with /.well-known/jwks.json")
+    feed_seq: int | None = Field(
+        description="once done: the deletion feed's last seq when it was released; "
+        "apply the feed's entries after this seq to its rows (a member who left while it ran is fed there)"
+    )
 
 
 class DeletionOut(BaseModel):
@@ -71,7 +75,9 @@ class DeletionOut(BaseModel):
     pseudonym: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     reason: LeftReason = Field(
         description="why: withdrawn (consent for the purpose withdrawn), erased, restricted, "
-        "or stale (granted under a notice a material version replaced, past its grace period)"
+        "stale (granted under a notice a material version replaced, past its grace period), "
+        "or suppressed (an extract of the epoch released the member, a later one suppressed their class). "
+        "A pseudonym appears again if a later extract of the epoch released it after its last entry"
     )
     at: datetime
 

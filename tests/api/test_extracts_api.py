@@ -282,7 +282,7 @@ def test_an_idempotent_retry_answers_the_same_job_and_starts_nothing_new(rig: Ri
 
 
 def test_a_withdrawal_in_the_app_reaches_the_consumers_deletion_feed_page_by_page(rig: Rig) -> None:
-    rig.done()
+    released, _ = rig.done()
     leaving = rig.members[:3]
 
     for member_id in leaving:
@@ -299,8 +299,11 @@ def test_a_withdrawal_in_the_app_reaches_the_consumers_deletion_feed_page_by_pag
     pseudonym = Pseudonymizer(rig.runtime.keys.root_key(ROOT_KEY), "loyalty-app", 1)
     fed = [(i["pseudonym"], i["reason"], i["epoch"]) for i in first["items"] + rest["items"]]
     assert sorted(fed) == sorted((pseudonym(m), "withdrawn", 1) for m in leaving)
-    _, data = rig.done()
+    assert isinstance(released["feed_seq"], int)
+    assert all(i["seq"] > released["feed_seq"] for i in first["items"] + rest["items"])  # entries after the extract apply to its rows
+    later, data = rig.done()
     assert not {p for p, _, _ in fed} & {r["pseudonym"] for r in _rows(data)}
+    assert later["feed_seq"] == max(i["seq"] for i in rest["items"])
 
 
 def test_an_incremental_extract_releases_only_rows_new_or_changed_since_its_base(rig: Rig) -> None:

@@ -48,6 +48,7 @@ class ExtractRecord:
     finished_at: datetime | None
     expires_at: datetime | None
     purged_at: datetime | None
+    feed_seq: int | None  # the deletion feed's last seq when it was released (done only)
 
     def downloadable(self, now: datetime) -> bool:
         """Done, kept by the vault, and neither purged nor past its time."""
