@@ -11,13 +11,17 @@ and runner), on SQLite and PostgreSQL:
   snapshot was read, is in that extract's file and is fed when the extract is
   released, after its feed position, whether or not an earlier extract held
   them; the extract's audit event counts them (``departed``). A departure the
-  running extract did not include feeds nothing.
+  running extract did not include feeds nothing;
+* a withdrawal's transaction holds the feed's lock until it commits: an
+  extract starting meanwhile waits for it, and then its snapshot sees the
+  withdrawal (the member is not included, nothing is fed).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from audit.event import AuditEvent
 from audit.store import AuditJournal, audit_journal
 from tests.vault.test_extracts import DPO, NOW, Vault
 from vault.access import Access, Gatekeeper
-from vault.consent import ConsentDecision
+from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, Recorder, RecorderRole
 from vault.data_requests import DataRequestGate, DataRequestService, FiledBy, Filer, Filing, Move, RequestType, Status
 from vault.extracts.feed import FeedEntry, LeftReason
 from vault.extracts.runner import ExtractAudit, ExtractOutcome, ExtractRequest
@@ -165,3 +169,39 @@ def test_a_departure_the_running_extract_did_not_include_feeds_nothing(vault: Va
     assert [tuple(r) for r in recorded] == [(never, "restricted")]
     assert _feed(vault) == []
     assert "departed" not in _details(vault, outcome.extract_id)
+
+
+def test_an_extract_starting_while_a_withdrawal_is_open_waits_for_it_and_then_leaves_the_member_out(vault: Vault) -> None:
+    leaving = vault.members[0]
+    with vault.rt.data_engine.connect() as conn:
+        consumer = vault.registry.get(conn, "loyalty-app")
+    request = ExtractRequest(new_id(), consumer, ExtractFormat.ndjson)
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with write_transaction(vault.rt.data_engine) as conn:
+                vault.runner.begin(conn, request, requested_by=DPO.subject, now=NOW + timedelta(minutes=4))
+            started.set()
+        except BaseException as exc:  # noqa: BLE001 — reported to the test's thread
+            failed.append(exc)
+
+    withdrawal = ConsentRequest(P, ConsentDecision.withdrawn, ConsentChannel.app)
+    with write_transaction(vault.rt.data_engine) as conn:
+        vault.consent.record(conn, leaving, withdrawal, Recorder("app", RecorderRole.member), consent_id=new_id(), request_id="t", now=NOW)
+        starter = threading.Thread(target=start)
+        starter.start()
+        assert not started.wait(0.5), "the start waits for the open withdrawal's lock"
+    starter.join(timeout=30)
+    assert not failed
+    assert started.is_set()
+
+    out = io.BytesIO()
+    outcome = vault.runner.run(
+        request, out, audit=ExtractAudit(DPO, "req-t", "policy-test-1"), signing=vault.signing, now=NOW + timedelta(minutes=4), begun=True
+    )
+
+    assert outcome.status == "done"
+    assert leaving not in vault.included(outcome.extract_id)
+    assert _feed(vault) == []
