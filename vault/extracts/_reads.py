@@ -3,8 +3,12 @@
 ``batch_reads(conn, fields)`` returns the reader for the connection's
 dialect. Each method takes a batch's member ids (one bound value: a JSON array
 read by ``json_each`` on SQLite, an array for ``= ANY`` on PostgreSQL) and
-returns plain tuples:
+returns plain values:
 
+* ``page``: up to ``limit`` member ids above ``after`` (and, if given, up to
+  ``until``), in order, from the primary key's index alone (erased members
+  too: they are dropped with the rows of the eligible ones);
+* ``restricted``: those of the ids with a completed restriction request;
 * ``members``: ``(member id, key version, *fields)`` of the members not erased,
   in member id order; an encrypted field as the driver's ``bytes``;
 * ``visits``: ``(member id, category, treatments since, last treatment)`` per
@@ -18,7 +22,8 @@ returns plain tuples:
 On SQLite the statements run on the DBAPI connection under ``conn`` (the same
 transaction, so the same read snapshot): a SQLAlchemy ``Row`` and its result
 processing cost several times the query itself for the member rows (20,000
-members: 0.31 s of CPU against 0.06 s). The SQL asks what the SQLAlchemy
+members: 0.31 s of CPU against 0.06 s), and for the ids of a page (100,000
+members: 0.15 s against 0.02 s). The SQL asks what the SQLAlchemy
 statements ask (the latest balance as a seek for each member's last ``seq``
 rather than a group-by join, the same rows for less CPU), and bound moments
 and plain column values go through the columns' own SQLAlchemy type
@@ -33,14 +38,19 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Connection, Dialect, LargeBinary, and_, case, func, select, type_coerce
+from sqlalchemy import ColumnElement, Connection, Dialect, LargeBinary, and_, bindparam, case, func, select, type_coerce
 
 from vault import data_map as dm
+from vault.data_requests.model import RequestType, Status
 from vault.storage.among import among
-from vault.storage.schema import ledger_entries, members, treatments
+from vault.storage.schema import data_requests, ledger_entries, members, treatments
 
 
 class BatchReads(Protocol):
+    def page(self, after: str, until: str | None, limit: int) -> list[str]: ...
+
+    def restricted(self, ids: Sequence[str]) -> set[str]: ...
+
     def members(self, ids: Sequence[str]) -> Sequence[Sequence[Any]]: ...
 
     def visits(self, ids: Sequence[str], since: datetime) -> Sequence[Sequence[Any]]: ...
@@ -81,6 +91,18 @@ class _SqlalchemyReads:
         m = members.c
         self._columns = [m.member_id, m.key_version, *(type_coerce(m[f.name], _SEALED) if f.encrypted else m[f.name] for f in fields)]
 
+    def page(self, after: str, until: str | None, limit: int) -> list[str]:
+        m = members.c
+        page = select(m.member_id).where(m.member_id > bindparam("after"))
+        if until is not None:
+            page = page.where(m.member_id <= bindparam("until"))
+        return [str(i) for i in self._conn.scalars(page.order_by(m.member_id).limit(limit), {"after": after, "until": until})]
+
+    def restricted(self, ids: Sequence[str]) -> set[str]:
+        d, conn = data_requests.c, self._conn
+        stmt = select(d.member_id).where(among(conn.dialect, d.member_id, ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
+        return {str(i) for i in conn.scalars(stmt)}
+
     def members(self, ids: Sequence[str]) -> Sequence[Sequence[Any]]:
         m, conn = members.c, self._conn
         return conn.execute(select(*self._columns).where(among(conn.dialect, m.member_id, ids), m.erased_at.is_(None)).order_by(m.member_id)).all()
@@ -110,6 +132,9 @@ class _SqlalchemyReads:
         ).all()
 
 
+_PAGE = "SELECT member_id FROM members WHERE member_id > ? ORDER BY member_id LIMIT ?"
+_PAGE_UNTIL = "SELECT member_id FROM members WHERE member_id > ? AND member_id <= ? ORDER BY member_id LIMIT ?"
+_RESTRICTED = "SELECT member_id FROM data_requests WHERE member_id IN (SELECT value FROM json_each(?)) AND type = ? AND status = ?"
 _VISITS = (
     "SELECT member_id, category, sum(CASE WHEN performed_at >= ? THEN 1 ELSE 0 END), max(performed_at) "
     "FROM treatments WHERE member_id IN (SELECT value FROM json_each(?)) GROUP BY member_id, category"
@@ -140,6 +165,13 @@ class _DriverReads:
         ]
         self._treated = _bound(treatments.c.performed_at, dialect)
         self._occurred = _bound(ledger_entries.c.occurred_at, dialect)
+
+    def page(self, after: str, until: str | None, limit: int) -> list[str]:
+        found = self._raw.execute(_PAGE, (after, limit)) if until is None else self._raw.execute(_PAGE_UNTIL, (after, until, limit))
+        return [i for (i,) in found.fetchall()]
+
+    def restricted(self, ids: Sequence[str]) -> set[str]:
+        return {i for (i,) in self._raw.execute(_RESTRICTED, (json.dumps(list(ids)), RequestType.restriction.value, Status.completed.value)).fetchall()}
 
     def members(self, ids: Sequence[str]) -> Sequence[Sequence[Any]]:
         rows: list[tuple[Any, ...]] = self._raw.execute(self._members, (json.dumps(list(ids)),)).fetchall()

@@ -38,20 +38,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection
 
 from keys.errors import KeyNotFoundError
 from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
 from vault import data_map as dm
 from vault.codec import RowOpener
 from vault.consent import ConsentService, NoticeBook
-from vault.data_requests.model import RequestType, Status
 from vault.extracts._reads import BatchReads, batch_reads
 from vault.extracts.profile import MemberFacts
 from vault.members import MemberRepository
 from vault.purposes import Purpose
-from vault.storage.among import among
-from vault.storage.schema import data_requests, members
 
 YEAR = timedelta(days=365)
 _MEMBER = dm.fields_by_name(dm.Table.members)
@@ -103,19 +100,13 @@ class ProfileSource:
         Only ids above ``after`` and, if given, up to ``until`` (inclusive) are read.
         """
         wanted = [_MEMBER[name] for name in sorted(set(fields))]
-        m = members.c
-        # Ids from the primary key's index alone; erased members are dropped with the rows of the eligible ones.
-        page = select(m.member_id).where(m.member_id > bindparam("after"))
-        if until is not None:
-            page = page.where(m.member_id <= until)
-        page = page.order_by(m.member_id).limit(self._batch)
         reads, opener = batch_reads(conn, wanted), RowOpener(wanted)
         while True:
-            ids = [str(i) for i in conn.scalars(page, {"after": after})]
+            ids = reads.page(after, until, self._batch)  # from the primary key's index alone: erased members are dropped with the rows of the eligible ones
             if not ids:
                 return
             after = ids[-1]
-            eligible = self._consent.live_among_on_driver(conn, ids, purpose, now) - _restricted(conn, ids)
+            eligible = self._consent.live_among_on_driver(conn, ids, purpose, now) - reads.restricted(ids)
             if not eligible:
                 yield []
                 continue
@@ -149,12 +140,6 @@ class ProfileSource:
             facts = MemberFacts(values=values, spend_12m=spend, balance=balance, visits_12m=count, last_visit=last, categories_12m=categories)
             out.append(SourceRow(member_id, facts, member_id in health))
         return out
-
-
-def _restricted(conn: Connection, ids: list[str]) -> set[str]:
-    d = data_requests.c
-    stmt = select(d.member_id).where(among(conn.dialect, d.member_id, ids), d.type == RequestType.restriction.value, d.status == Status.completed.value)
-    return {str(m) for m in conn.scalars(stmt)}
 
 
 def _visits(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, date | None, dict[str, int]]]:
