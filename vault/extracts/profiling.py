@@ -16,7 +16,7 @@ or a value.
 from __future__ import annotations
 
 import marshal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -74,8 +74,8 @@ class Profiler:
         job = self._job
         rows: list[SpoolRow] = []
         counted: list[Counted] = []
-        for batch in source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now, after=after, until=until):
-            self._rows(batch, rows, counted)
+        # Member by member: each member's facts are dropped once profiled, not held with its batch.
+        self._rows(source.rows(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now, after=after, until=until), rows, counted)
         return Profiled(marshal.dumps(rows), counted)
 
     def profile(self, batch: Sequence[SourceRow]) -> Profiled:
@@ -85,7 +85,7 @@ class Profiler:
         self._rows(batch, rows, counted)
         return Profiled(marshal.dumps(rows), counted)
 
-    def _rows(self, batch: Sequence[SourceRow], rows: list[SpoolRow], counted: list[Counted]) -> None:
+    def _rows(self, batch: Iterable[SourceRow], rows: list[SpoolRow], counted: list[Counted]) -> None:
         job, builders, pseudonym, as_of = self._job, self._builders, self._pseudonym, self._as_of
         qi_index = job.qi_index
         for row in batch:

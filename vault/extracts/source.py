@@ -2,7 +2,8 @@
 
 ``ProfileSource.batches`` walks the members in id order (all of them, or the
 ids in ``(after, until]``), ``batch`` at a time, through one read connection,
-and yields only those eligible for the consumer's purpose right now:
+and yields only those eligible for the consumer's purpose right now
+(``ProfileSource.rows`` yields the same members one at a time):
 
 * not erased (tombstone) and with a live data key (a restored backup has no
   tombstone, but the shredded key is gone);
@@ -99,6 +100,34 @@ class ProfileSource:
 
         Only ids above ``after`` and, if given, up to ``until`` (inclusive) are read.
         """
+        for batch in self._pages(conn, purpose, fields=fields, want_health=want_health, now=now, after=after, until=until):
+            yield list(batch)
+
+    def rows(
+        self,
+        conn: Connection,
+        purpose: Purpose,
+        *,
+        fields: Collection[str],
+        want_health: bool,
+        now: datetime,
+        after: str = "",
+        until: str | None = None,
+    ) -> Iterator[SourceRow]:
+        """``batches``' members one at a time, each decrypted when it is asked for.
+
+        The same reads, batch by batch; only a member's facts are not held
+        with the rest of its batch, so a caller that profiles each member and
+        drops its facts keeps a batch's worth fewer objects alive (objects the
+        garbage collector would otherwise examine again and again).
+        """
+        for batch in self._pages(conn, purpose, fields=fields, want_health=want_health, now=now, after=after, until=until):
+            yield from batch
+
+    def _pages(
+        self, conn: Connection, purpose: Purpose, *, fields: Collection[str], want_health: bool, now: datetime, after: str, until: str | None
+    ) -> Iterator[Iterator[SourceRow]]:
+        """Per page of ids, its eligible members (lazily: each page's iterator is to be exhausted before the next page is asked for)."""
         wanted = [_MEMBER[name] for name in sorted(set(fields))]
         reads, opener = batch_reads(conn, wanted), RowOpener(wanted)
         while True:
@@ -108,20 +137,19 @@ class ProfileSource:
             after = ids[-1]
             eligible = self._consent.live_among_on_driver(conn, ids, purpose, now) - reads.restricted(ids)
             if not eligible:
-                yield []
+                yield iter(())
                 continue
             rows = reads.members(sorted(eligible))
             yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], want_health=want_health, now=now)
 
     def _batch_rows(
         self, conn: Connection, reads: BatchReads, rows: Sequence[Sequence[Any]], opener: RowOpener, chosen: list[str], *, want_health: bool, now: datetime
-    ) -> list[SourceRow]:
+    ) -> Iterator[SourceRow]:
         health = self._consent.live_among_on_driver(conn, chosen, Purpose.health_data, now) if want_health else set()
         keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
         visits = _visits(reads.visits(chosen, since))
         ledger = _ledger(reads.balances(chosen), reads.spends(chosen, since))
-        out = []
         nothing: tuple[int, date | None, dict[str, int]] = (0, None, {})
         no_money = _Money()
         names = [f.name for f in opener.fields]
@@ -138,8 +166,7 @@ class ProfileSource:
             count, last, categories = visits.get(member_id, nothing)
             balance, spend = _money(keyset, ledger.get(member_id, no_money))
             facts = MemberFacts(values=values, spend_12m=spend, balance=balance, visits_12m=count, last_visit=last, categories_12m=categories)
-            out.append(SourceRow(member_id, facts, member_id in health))
-        return out
+            yield SourceRow(member_id, facts, member_id in health)
 
 
 def _visits(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, date | None, dict[str, int]]]:
