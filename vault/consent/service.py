@@ -195,29 +195,38 @@ class ConsentService:
         )
         return self._live(rows, self.notices.of(conn, purpose), now)
 
-    def live_among_on_driver(self, conn: Connection, member_ids: Sequence[str], purpose: Purpose, now: datetime) -> set[str]:
+    def live_among_on_driver(
+        self, conn: Connection, member_ids: Sequence[str], purpose: Purpose, now: datetime, *, notices: Sequence[Notice] | None = None
+    ) -> set[str]:
         """``live_among``'s answer for bulk readers, its statement and rows straight on the SQLite driver (other dialects: ``live_among``).
 
         The same rule: a member's last event for ``purpose`` (highest ``seq``)
         is a grant under a notice version whose first later material change,
         plus the grace period, is not yet reached at ``now``. One seek a member
         (its last ``seq``, from the ``(member_id, purpose, seq)`` index) in the
-        caller's transaction, without SQLAlchemy's row processing.
+        caller's transaction, without SQLAlchemy's row processing. ``notices``:
+        the purpose's notices (``NoticeBook.of``) as the caller read them in
+        the same transaction, so that a reader of many batches reads them once.
         """
         raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
         if not member_ids or not isinstance(raw, sqlite3.Connection):
             return self.live_among(conn, member_ids, purpose, now)
         rows = raw.execute(_LAST_EVENTS, (json.dumps(list(member_ids)), purpose.value)).fetchall()
-        return self._live(rows, self.notices.of(conn, purpose), now)
+        return self._live(rows, self.notices.of(conn, purpose) if notices is None else notices, now)
 
     def _live(self, last_events: Iterable[Sequence[Any]], notices: Sequence[Notice], now: datetime) -> set[str]:
         """The rule of ``live_among``: of each member's last event (member id, decision, notice version), the live grants at ``now``."""
         granted = ConsentDecision.granted.value
         live: set[str] = set()
+        stale: dict[int, datetime | None] = {}  # per granted notice version: when its grants stop counting (``stale_from``), worked out once
         for member_id, decision, version in last_events:
             if decision != granted or version is None:
                 continue
-            stale_at = stale_from(int(version), notices, self.grace)
+            granted_version = int(version)
+            if granted_version in stale:
+                stale_at = stale[granted_version]
+            else:
+                stale_at = stale[granted_version] = stale_from(granted_version, notices, self.grace)
             if stale_at is None or stale_at > now:
                 live.add(str(member_id))
         return live

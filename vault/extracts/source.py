@@ -45,7 +45,7 @@ from keys.errors import KeyNotFoundError
 from keys.member_keys import DATA_SCOPE, MemberKeys, MemberKeySet
 from vault import data_map as dm
 from vault.codec import RowOpener
-from vault.consent import ConsentService, NoticeBook
+from vault.consent import ConsentService, Notice, NoticeBook
 from vault.extracts._reads import BatchReads, batch_reads
 from vault.extracts.profile import MemberFacts
 from vault.members import MemberRepository
@@ -130,22 +130,34 @@ class ProfileSource:
         """Per page of ids, its eligible members (lazily: each page's iterator is to be exhausted before the next page is asked for)."""
         wanted = [_MEMBER[name] for name in sorted(set(fields))]
         reads, opener = batch_reads(conn, wanted), RowOpener(wanted)
+        # The purposes' notices, read once for the walk (it runs in one transaction): not once per batch.
+        notices = self._consent.notices.of(conn, purpose)
+        health_notices = self._consent.notices.of(conn, Purpose.health_data) if want_health else []
         while True:
             ids = reads.page(after, until, self._batch)  # from the primary key's index alone: erased members are dropped with the rows of the eligible ones
             if not ids:
                 return
             after = ids[-1]
-            eligible = self._consent.live_among_on_driver(conn, ids, purpose, now) - reads.restricted(ids)
+            eligible = self._consent.live_among_on_driver(conn, ids, purpose, now, notices=notices) - reads.restricted(ids)
             if not eligible:
                 yield iter(())
                 continue
             rows = reads.members(sorted(eligible))
-            yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], want_health=want_health, now=now)
+            yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], health_notices=health_notices if want_health else None, now=now)
 
     def _batch_rows(
-        self, conn: Connection, reads: BatchReads, rows: Sequence[Sequence[Any]], opener: RowOpener, chosen: list[str], *, want_health: bool, now: datetime
+        self,
+        conn: Connection,
+        reads: BatchReads,
+        rows: Sequence[Sequence[Any]],
+        opener: RowOpener,
+        chosen: list[str],
+        *,
+        health_notices: Sequence[Notice] | None,
+        now: datetime,
     ) -> Iterator[SourceRow]:
-        health = self._consent.live_among_on_driver(conn, chosen, Purpose.health_data, now) if want_health else set()
+        """The batch's members (``health_notices``: the ``health_data`` notices, when the members' health consent is wanted)."""
+        health = set() if health_notices is None else self._consent.live_among_on_driver(conn, chosen, Purpose.health_data, now, notices=health_notices)
         keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
         visits = _visits(reads.visits(chosen, since))
