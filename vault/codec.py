@@ -137,10 +137,12 @@ class RowOpener(_RowFields):
             value = out[i]
             if value is None:
                 continue
-            if not isinstance(value, _BYTES_LIKE):
-                raise TypeError(f"{self._table}.{self._names[i]}: a stored ciphertext is bytes")
+            if type(value) is not bytes:  # the drivers give bytes; anything else is checked and copied
+                if not isinstance(value, _BYTES_LIKE):
+                    raise TypeError(f"{self._table}.{self._names[i]}: a stored ciphertext is bytes")
+                value = bytes(value)
             at.append(i)
-            sealed.append(bytes(value))
+            sealed.append(value)
         if not at:
             return out
         names, decoders = self._names, self._decoders
@@ -162,12 +164,28 @@ def _decoder(f: dm.Field) -> Callable[[bytes], object]:
     if f.kind in (dm.Kind.money, dm.Kind.integer):
         return lambda raw: int(raw) if raw.isdigit() and (len(raw) == 1 or raw[0] != 0x30) else json.loads(raw)
     if f.kind in _JSON_KINDS:
-        return lambda raw: _JSON_TEXT.decode(raw.decode())
+        return _json_text
     if f.kind is dm.Kind.date:
         return lambda raw: date.fromisoformat(raw.decode())
     if f.kind is dm.Kind.datetime:
         return lambda raw: datetime.fromisoformat(raw.decode())
     return lambda raw: raw.decode()
+
+
+def _json_text(raw: bytes) -> object:
+    """``json.loads`` of UTF-8 JSON text: one ``raw_decode`` when the value fills the text (as ``encode`` writes it), else the full ``decode``.
+
+    ``decode`` is ``raw_decode`` after and before skipping whitespace (two
+    regular-expression matches, about 0.6 µs a value), then a check that
+    nothing follows: text with whitespace around its value, or not JSON, takes
+    that path and gets its answer or its error.
+    """
+    text = raw.decode()
+    try:
+        value, end = _JSON_TEXT.raw_decode(text)
+    except ValueError:
+        return _JSON_TEXT.decode(text)
+    return value if end == len(text) else _JSON_TEXT.decode(text)
 
 
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps(value, ensure_ascii=False, separators=...)

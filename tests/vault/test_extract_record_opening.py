@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import date
 
@@ -143,3 +144,29 @@ def test_row_opener_of_a_row_moved_to_another_member_fails() -> None:
 def test_row_opener_refuses_fields_of_two_tables() -> None:
     with pytest.raises(ValueError, match="one table"):
         RowOpener([MEMBER["gender"], LEDGER["amount"]])
+
+
+@props
+@given(
+    tags=st.lists(st.text(max_size=8), max_size=4),
+    before=st.sampled_from(["", " ", "\n", "\t "]),
+    after=st.sampled_from(["", " ", "\r\n"]),
+)
+def test_row_opener_decodes_json_as_open_sealed_does_whatever_its_spacing(tags: list[str], before: str, after: str) -> None:
+    """A list stored with whitespace around it (not as ``encode`` writes it) still opens as ``json.loads`` reads it."""
+    cipher = FieldCipher(os.urandom(32), 1)
+    field = MEMBER["interest_tags"]
+    text = before + json.dumps(tags, ensure_ascii=False) + after
+    sealed = cipher.encrypt(text.encode(), FieldContext("members", "m-1", "interest_tags"))
+
+    assert RowOpener([field]).row(cipher, "m-1", [sealed]) == [tags] == [open_sealed(cipher, field, "m-1", sealed)]
+
+
+@pytest.mark.parametrize("text", ["", " ", '["a"] x', '["a"', '["a"]]', "nope"])
+def test_row_opener_names_a_field_whose_json_does_not_parse(text: str) -> None:
+    cipher = FieldCipher(os.urandom(32), 1)
+    sealed = cipher.encrypt(text.encode(), FieldContext("members", "m-1", "interest_tags"))
+
+    with pytest.raises(RecordIntegrityError) as caught:
+        RowOpener([MEMBER["interest_tags"]]).row(cipher, "m-1", [sealed])
+    assert caught.value.field == "interest_tags"
