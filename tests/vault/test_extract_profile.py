@@ -495,6 +495,37 @@ def test_only_requested_attributes_are_filled() -> None:
     assert p.plain == {"tier": "gold"}
 
 
+@FAST
+@given(
+    requested=st.sets(st.sampled_from(sorted(ALL)), min_size=1),
+    health=st.booleans(),
+    qi_index=st.lists(st.integers(0, len(QI_NAMES) - 1), unique=True).map(sorted),
+    sensitive_index=st.lists(st.integers(0, len(SENSITIVE_NAMES) - 1), unique=True).map(sorted),
+)
+def test_released_is_build_cut_to_the_released_indices(requested: set[str], health: bool, qi_index: list[int], sensitive_index: list[int]) -> None:
+    f = facts(demo_values(), spend_12m=1_234_500, balance=99_999, visits_12m=4, last_visit=date(2026, 1, 1), categories_12m={"laser": 2, "injectable": 2})
+    builder = pr.ProfileBuilder(requested, health=health)
+    p = builder.build(f, AS_OF)
+
+    qi, sensitive, plain = builder.released(qi_index, sensitive_index)(f, AS_OF)
+
+    assert qi == tuple(p.qi[i] for i in qi_index)
+    assert sensitive == tuple(p.sensitive[j] for j in sensitive_index)
+    assert plain == p.plain
+
+
+def test_released_raises_what_build_raises_for_an_attribute_it_does_not_release() -> None:
+    """Every requested attribute is computed, released or not: a value outside its set fails the member either way."""
+    builder = pr.ProfileBuilder(["gender", "region"], health=False)
+    bad = facts({"gender": "unknown-gender", "city": "深圳市"})
+    released = builder.released([QI_NAMES.index("region")], [])
+
+    with pytest.raises(ValueError, match="gender: a value outside its value set"):
+        builder.build(bad, AS_OF)
+    with pytest.raises(ValueError, match="gender: a value outside its value set"):
+        released(bad, AS_OF)
+
+
 def test_unknown_attribute_is_a_value_error_naming_it() -> None:
     with pytest.raises(ValueError, match="home_clinic_id"):
         pr.build_profile(facts(), AS_OF, attributes=["gender", "home_clinic_id"], health=False)

@@ -103,6 +103,9 @@ class Profile:
     plain: dict[str, object]  # requested plain attributes, in ATTRIBUTES order
 
 
+# What an extract keeps of a profile (``ProfileBuilder.released``): released quasi-identifier labels, released sensitive values, plain attributes.
+Released = tuple[tuple[str | None, ...], tuple[Sensitive, ...], dict[str, object]]
+
 D, R = Dimension, Role
 QI, SENS, ATTR = R.quasi_identifier, R.sensitive, R.attribute
 
@@ -369,6 +372,32 @@ class ProfileBuilder:
             sensitive[j] = sensitive_compute(facts, as_of)
         return Profile(tuple(qi), tuple(sensitive), {name: compute(facts, as_of) for name, compute in self._plain})
 
+    def released(self, qi_index: Sequence[int], sensitive_index: Sequence[int]) -> Callable[[MemberFacts, date], Released]:
+        """``build`` cut to what an extract keeps: ``(qi, sensitive, plain)``.
+
+        ``qi`` and ``sensitive`` are the entries of ``Profile.qi`` at
+        ``qi_index`` and of ``Profile.sensitive`` at ``sensitive_index``;
+        ``plain`` is ``Profile.plain``. The same computations in the same
+        order (so the same values and the same errors), without building the
+        full tuples and a ``Profile`` per member.
+        """
+        qi_at = {i: at for at, (i, _) in enumerate(self._qi)}
+        sensitive_at = {j: at for at, (j, _) in enumerate(self._sensitive)}
+        qi_computes, sensitive_computes, plain = [c for _, c in self._qi], [c for _, c in self._sensitive], self._plain
+        qi_pick, sensitive_pick = [qi_at.get(i) for i in qi_index], [sensitive_at.get(j) for j in sensitive_index]
+        qi_whole, sensitive_whole = qi_pick == list(range(len(qi_computes))), sensitive_pick == list(range(len(sensitive_computes)))
+
+        def build(facts: MemberFacts, as_of: date) -> Released:
+            labels = [compute(facts, as_of) for compute in qi_computes]
+            values = [compute(facts, as_of) for compute in sensitive_computes]
+            return (
+                tuple(labels) if qi_whole else tuple([None if at is None else labels[at] for at in qi_pick]),
+                tuple(values) if sensitive_whole else tuple([None if at is None else values[at] for at in sensitive_pick]),
+                {name: compute(facts, as_of) for name, compute in plain},
+            )
+
+        return build
+
 
 @functools.lru_cache(maxsize=64)
 def _builder(attributes: frozenset[str], health: bool) -> ProfileBuilder:
@@ -417,6 +446,7 @@ __all__ = [
     "MemberFacts",
     "Profile",
     "ProfileBuilder",
+    "Released",
     "Role",
     "Sensitive",
     "build_profile",

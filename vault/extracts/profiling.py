@@ -65,7 +65,7 @@ class Profiler:
 
     def __init__(self, job: Profiling, pseudonym_root: bytes) -> None:
         self._job = job
-        self._builders = {health: pf.ProfileBuilder(job.attributes, health=health) for health in (False, True)}
+        self._builders = {health: pf.ProfileBuilder(job.attributes, health=health).released(job.qi_index, job.sensitive_index) for health in (False, True)}
         self._pseudonym = Pseudonymizer(pseudonym_root, job.consumer_id, job.epoch)
         self._as_of = job.now.date()
 
@@ -87,14 +87,11 @@ class Profiler:
 
     def _rows(self, batch: Iterable[SourceRow], rows: list[SpoolRow], counted: list[Counted]) -> None:
         job, builders, pseudonym, as_of = self._job, self._builders, self._pseudonym, self._as_of
-        qi_index = job.qi_index
         for row in batch:
-            profile = builders[job.health and row.health].build(row.facts, as_of)
-            level0 = profile.qi
-            qi = tuple([level0[i] for i in qi_index])
-            sensitive = tuple(hashable(profile.sensitive[i]) for i in job.sensitive_index) if job.sensitive_index else None
+            qi, released, plain = builders[job.health and row.health](row.facts, as_of)
+            sensitive = tuple(hashable(value) for value in released) if job.sensitive_index else None
             counted.append((qi, sensitive))
-            rows.append((row.member_id, pseudonym(row.member_id), qi, sensitive, profile.plain))
+            rows.append((row.member_id, pseudonym(row.member_id), qi, sensitive, plain))
 
 
 def id_ranges(engine: Engine, size: int) -> Iterator[tuple[str, str | None]]:
