@@ -33,9 +33,8 @@ store and member repository.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -132,7 +131,7 @@ class ProfileSource:
         reads, opener = batch_reads(conn, wanted), RowOpener(wanted)
         # The purposes' notices, read once for the walk (it runs in one transaction): not once per batch.
         notices = self._consent.notices.of(conn, purpose)
-        health_notices = self._consent.notices.of(conn, Purpose.health_data) if want_health else []
+        health_notices = self._consent.notices.of(conn, Purpose.health_data) if want_health else None
         while True:
             ids = reads.page(after, until, self._batch)  # from the primary key's index alone: erased members are dropped with the rows of the eligible ones
             if not ids:
@@ -143,7 +142,7 @@ class ProfileSource:
                 yield iter(())
                 continue
             rows = reads.members(sorted(eligible))
-            yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], health_notices=health_notices if want_health else None, now=now)
+            yield self._batch_rows(conn, reads, rows, opener, [str(r[0]) for r in rows], health_notices=health_notices, now=now)
 
     def _batch_rows(
         self,
@@ -161,9 +160,9 @@ class ProfileSource:
         keys = self._keys.load_many(chosen, DATA_SCOPE)
         since = now - YEAR
         visits = _visits(reads.visits(chosen, since))
-        ledger = _ledger(reads.balances(chosen), reads.spends(chosen, since))
+        latest, spent = _ledger(reads.balances(chosen), reads.spends(chosen, since))
         nothing: tuple[int, date | None, dict[str, int]] = (0, None, {})
-        no_money = _Money()
+        no_spends: list[_Entry] = []
         names = [f.name for f in opener.fields]
         for r in rows:
             member_id, key_version, *sealed = r
@@ -176,7 +175,7 @@ class ProfileSource:
                 continue  # shredded meanwhile
             values = dict(zip(names, opener.row(cipher, member_id, sealed), strict=True))
             count, last, categories = visits.get(member_id, nothing)
-            balance, spend = _money(keyset, ledger.get(member_id, no_money))
+            balance, spend = _money(keyset, latest.get(member_id), spent.get(member_id, no_spends))
             facts = MemberFacts(values=values, spend_12m=spend, balance=balance, visits_12m=count, last_visit=last, categories_12m=categories)
             yield SourceRow(member_id, facts, member_id in health)
 
@@ -202,28 +201,34 @@ def _day(moment: datetime) -> date:
     return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC).date()
 
 
-@dataclass(slots=True)
-class _Money:
-    last: tuple[str, int, bytes] | None = None  # entry id, key version, sealed balance_after
-    spends: list[tuple[str, int, bytes]] = field(default_factory=list)  # entry id, key version, sealed amount
+_Entry = tuple[str, int, bytes]  # a ledger entry's id, key version and sealed value
 
 
-def _ledger(balances: Iterable[Sequence[Any]], spends: Iterable[Sequence[Any]]) -> dict[str, _Money]:
-    found: dict[str, _Money] = defaultdict(_Money)
-    for member_id, entry_id, version, sealed in balances:
-        found[member_id].last = (entry_id, version, sealed)
+def _ledger(balances: Iterable[Sequence[Any]], spends: Iterable[Sequence[Any]]) -> tuple[dict[str, _Entry], dict[str, list[_Entry]]]:
+    """Per member: the latest entry (its sealed ``balance_after``), and the ``spend`` entries (their sealed ``amount``).
+
+    Plain tuples in plain dicts: a small object per member (and a list per
+    member who spent) held for its batch is one more for the garbage
+    collector to examine while the batch is profiled.
+    """
+    latest = {member_id: (entry_id, version, sealed) for member_id, entry_id, version, sealed in balances}
+    spent: dict[str, list[_Entry]] = {}
     for member_id, entry_id, version, sealed in spends:
-        found[member_id].spends.append((entry_id, version, sealed))
-    return found
+        entries = spent.get(member_id)
+        if entries is None:
+            spent[member_id] = [(entry_id, version, sealed)]
+        else:
+            entries.append((entry_id, version, sealed))
+    return latest, spent
 
 
 _BALANCE, _AMOUNT = RowOpener([_LEDGER["balance_after"]]), RowOpener([_LEDGER["amount"]])
 
 
-def _money(keyset: MemberKeySet, money: _Money) -> tuple[int, int]:
-    balance = 0 if money.last is None else _amount(keyset, _BALANCE, money.last)
+def _money(keyset: MemberKeySet, last: _Entry | None, spends: Sequence[_Entry]) -> tuple[int, int]:
+    balance = 0 if last is None else _amount(keyset, _BALANCE, last)
     spend = 0
-    for entry in money.spends:
+    for entry in spends:
         spend += _amount(keyset, _AMOUNT, entry)
     return balance, spend
 
