@@ -50,7 +50,7 @@ from vault.extracts.source import ProfileSource
 from vault.extracts.writers import ExtractFormat
 from vault.ids import new_id
 from vault.purposes import Purpose
-from vault.storage.engine import write_transaction
+from vault.storage.engine import read_snapshot, write_transaction
 from vault.storage.schema import consumers, extract_members, extracts
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -160,6 +160,24 @@ def test_only_members_with_live_consent_not_restricted_not_erased_are_extracted(
 
     assert vault.included(outcome.extract_id) == set(granted[1:])
     assert {r["pseudonym"] for r in _rows(data)} == {vault.pseudonym("loyalty-app", 1, m) for m in granted[1:]}
+
+
+def test_a_source_yields_one_at_a_time_the_members_it_yields_batch_by_batch(vault: Vault) -> None:
+    """``ProfileSource.rows`` (how a first-pass range is read) gives the members and facts ``batches`` gives, in the same order."""
+    for m in vault.members[::2]:
+        vault.record(m, Purpose.loyalty_profiling, ConsentDecision.granted)
+    source = ProfileSource(vault.rt.keys, vault.consent, batch=7)
+    ids = sorted(vault.members)
+    after, until = ids[10], ids[90]
+    fields = ("city", "date_of_birth", "interest_tags")
+
+    with read_snapshot(vault.rt.data_engine) as conn:
+        batches = list(source.batches(conn, Purpose.loyalty_profiling, fields=fields, want_health=False, now=NOW, after=after, until=until))
+        rows = list(source.rows(conn, Purpose.loyalty_profiling, fields=fields, want_health=False, now=NOW, after=after, until=until))
+
+    assert [r.member_id for r in rows] == sorted(set(vault.members[::2]) & set(ids[11:91]))
+    assert rows == [row for batch in batches for row in batch]
+    assert len(batches) == 12  # 80 ids, 7 a batch
 
 
 def test_pseudonyms_differ_between_consumers_and_epochs_and_are_stable_within_one(vault: Vault) -> None:
