@@ -335,6 +335,20 @@ def _history(data_dir: Path) -> str:
     return f"{_member_count(data_dir):,} members: {done} done extracts holding {held:,} membership rows, {size:.1f} GiB on disk"
 
 
+def _cached(data_dir: Path) -> str:
+    """How much of ``vault.db`` the page cache holds now (util-linux ``fincore``), and the page cache in all (``/proc/meminfo``)."""
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    cached = int(meminfo["Cached"].split()[0]) / 2**20
+    db = data_dir / "vault.db"
+    found = shutil.which("fincore")
+    if found is None:
+        return f"{_member_count(data_dir):,} members: vault.db residency unknown (no fincore), {cached:.1f} GiB cached in all"
+    resident = int(subprocess.run([found, "--bytes", "--noheadings", "--output", "RES", str(db)], capture_output=True, text=True, check=True).stdout)
+    return (
+        f"{_member_count(data_dir):,} members: {resident / 2**30:.1f} of {db.stat().st_size / 2**30:.1f} GiB of vault.db cached, {cached:.1f} GiB cached in all"
+    )
+
+
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -368,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|\n"
     )
     histories = [_history(data_dir) for data_dir in vaults.values()]
+    residency: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for data_dir in vaults.values():
             count = _member_count(data_dir)
@@ -386,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                 wall = statistics.median(r["wall"] for r in runs)
                 walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
                 out.write(f"| {count:,} | {label} | {count / wall:,.0f} | — | {wall:.1f} ({walls}) | — | — | {wall / ours_wall:.2f} |\n")
+            residency.append(_cached(data_dir))
             out.flush()
     out.write("\nthe vaults before the runs (the page cache must hold what a run reads): " + "; ".join(histories) + "\n")
+    out.write("the page cache after each vault's runs (a vault it does not keep is read from the disk): " + "; ".join(residency) + "\n")
     if args.choose_rows:
         found = bench_choose(args.choose_rows, args.repeats)
         out.write(
