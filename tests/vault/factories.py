@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from pathlib import Path
 
-from sqlalchemy import Connection, insert
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, insert
 
+import vault.migrations
 from vault.ids import new_id
 from vault.storage.schema import extracts
 
@@ -112,3 +116,12 @@ def stored_extract(conn: Connection, now: datetime) -> str:
         )
     )
     return extract_id
+
+
+def migrate_data(engine: Engine, revision: str, *, down: bool = False) -> None:
+    """Move the data database (through ``engine``, its owner's) up or down to ``revision`` with the vault's own migrations."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(vault.migrations.__file__).parent / "data"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-import vault.migrations
 from api.runtime import Runtime
-from tests.vault.factories import stored_extract
+from tests.vault.factories import migrate_data, stored_extract
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
 from vault.storage.engine import make_engine, write_transaction
@@ -31,14 +27,6 @@ from vault.storage.schema import deletion_feed, extracts
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 BEFORE = "0011_extract_members_by_extract"
-
-
-def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(vault.migrations.__file__).parent / "data"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
 def _entry(pseudonym: str) -> dict[str, object]:
@@ -53,7 +41,7 @@ def owner(runtime: Runtime) -> Iterator[Engine]:
 
 
 def test_the_upgrade_takes_a_pseudonym_again_and_gives_done_extracts_the_feed_position(runtime: Runtime, owner: Engine) -> None:
-    _migrate(owner, BEFORE, down=True)
+    migrate_data(owner, BEFORE, down=True)
     engine = runtime.data_engine
     with write_transaction(engine) as conn:
         ClientRegistry(runtime.keys.root_key(ROOT_KEY)).add(conn, "loyalty-app", ["loyalty_service"], [], NOW)
@@ -64,7 +52,7 @@ def test_the_upgrade_takes_a_pseudonym_again_and_gives_done_extracts_the_feed_po
     with pytest.raises(IntegrityError), write_transaction(engine) as conn:
         conn.execute(insert(deletion_feed).values(**_entry("aa" * 16)))
 
-    _migrate(owner, "head")
+    migrate_data(owner, "head")
 
     with engine.connect() as conn:
         positions = dict(conn.execute(select(extracts.c.extract_id, extracts.c.feed_seq)).all())
@@ -76,7 +64,7 @@ def test_the_upgrade_takes_a_pseudonym_again_and_gives_done_extracts_the_feed_po
     assert [tuple(r) for r in rows] == [(seqs[0], "aa" * 16), (seqs[1], "bb" * 16), (again, "aa" * 16)]
 
     with pytest.raises(RuntimeError, match="more than once"):
-        _migrate(owner, BEFORE, down=True)
+        migrate_data(owner, BEFORE, down=True)
     with engine.connect() as conn:
         assert conn.execute(select(deletion_feed.c.seq)).scalars().all() == [seqs[0], seqs[1], again]
         assert dict(conn.execute(select(extracts.c.extract_id, extracts.c.feed_seq)).all()) == positions
@@ -88,7 +76,7 @@ def test_a_downgrade_without_repeated_pseudonyms_restores_the_unique_key(runtime
         ConsumerRegistry().register(conn, "loyalty-app", purpose="loyalty_profiling", attributes=["tier"], health=False, now=NOW)
         conn.execute(insert(deletion_feed).values(**_entry("aa" * 16)))
 
-    _migrate(owner, BEFORE, down=True)
+    migrate_data(owner, BEFORE, down=True)
 
     with pytest.raises(IntegrityError), write_transaction(runtime.data_engine) as conn:
         conn.execute(insert(deletion_feed).values(**_entry("aa" * 16)))

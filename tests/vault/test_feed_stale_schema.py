@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-import vault.migrations
 from api.runtime import Runtime
+from tests.vault.factories import migrate_data
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
 from vault.storage.engine import make_engine, write_transaction
@@ -34,14 +31,6 @@ NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 BEFORE = "0009_extract_indexes"
 SWEEPS_MESSAGE = "the deletion feed sweeps are append-only"
 FEED_TRIGGERS_PG = ["deletion_feed_append_only", "deletion_feed_no_truncate"]
-
-
-def _migrate(engine: Engine, revision: str, *, down: bool = False) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(vault.migrations.__file__).parent / "data"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
 def _feed_row(pseudonym: str, reason: str) -> dict[str, object]:
@@ -82,7 +71,7 @@ def consumer(runtime: Runtime) -> None:
 def test_down_and_up_again_the_feed_takes_stale_only_at_0010_and_keeps_its_protections(runtime: Runtime, owner: Engine, consumer: None) -> None:
     with owner.connect() as conn:
         at_head = _stored(conn)
-    _migrate(owner, BEFORE, down=True)
+    migrate_data(owner, BEFORE, down=True)
     with owner.connect() as conn:
         at_0009 = _stored(conn)
         assert conn.dialect.has_table(conn, "deletion_feed_sweeps") is False
@@ -91,12 +80,12 @@ def test_down_and_up_again_the_feed_takes_stale_only_at_0010_and_keeps_its_prote
     with write_transaction(runtime.data_engine) as conn:
         kept = conn.execute(insert(deletion_feed).values(**_feed_row("bb" * 16, "withdrawn")).returning(deletion_feed.c.seq)).scalar_one()
 
-    _migrate(owner, "0010_stale_feed")
+    migrate_data(owner, "0010_stale_feed")
 
     with owner.connect() as conn:
         assert _stored(conn) == at_0009
         assert conn.dialect.has_table(conn, "deletion_feed_sweeps") is True
-    _migrate(owner, "head")
+    migrate_data(owner, "head")
     with owner.connect() as conn:
         assert _stored(conn) == at_head  # 0012 (down and up again) changed the feed's index and no-replace trigger back and forth
     with write_transaction(runtime.data_engine) as conn:
@@ -117,7 +106,7 @@ def test_down_and_up_again_the_feed_takes_stale_only_at_0010_and_keeps_its_prote
 
 
 def test_downgrade_of_an_empty_feed_drops_the_sweeps_table_and_the_old_check_refuses_stale(runtime: Runtime, owner: Engine, consumer: None) -> None:
-    _migrate(owner, BEFORE, down=True)
+    migrate_data(owner, BEFORE, down=True)
 
     with owner.connect() as conn:
         assert conn.dialect.has_table(conn, "deletion_feed_sweeps") is False
