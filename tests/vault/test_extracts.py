@@ -361,6 +361,31 @@ def test_finished_at_and_the_audit_event_tell_when_the_run_ended_the_manifest_wh
         assert outcome.claims["consent_snapshot_at"] == "2026-11-01T09:00:00Z"
 
 
+@pytest.mark.parametrize("spend_level", ["spend_band", "spend_wide", "*"])
+def test_rfm_masks_its_m_digit_unless_spend_band_is_released_at_its_finest_level(vault: Vault, spend_level: str) -> None:
+    vault.consumer("loyalty-app", ["tier", "spend_band", "rfm", "recency"], k=2)
+    _grant_all(vault)
+    with write_transaction(vault.rt.data_engine) as conn:
+        vault.registry.fix_generalization(conn, "loyalty-app", 1, {"spend_band": spend_level})
+
+    outcome, data = vault.run("loyalty-app")
+
+    rows = _rows(data)
+    assert outcome.status == "done"
+    assert rows
+    m_digits = {str(r["rfm"])[-1] for r in rows}
+    if spend_level == "spend_band":
+        assert m_digits  # the spend band already tells M
+        assert m_digits <= set("12345")
+    else:
+        assert m_digits == {"*"}  # M would undo the generalization of spend_band
+    assert all(str(r["rfm"])[:3] == f"R{_recency_digit(str(r['recency']))}F" for r in rows)  # the rest of the row is untouched
+
+
+def _recency_digit(recency: str) -> int:
+    return {"<30d": 5, "30-89d": 4, "90-179d": 3, "180-364d": 2, "365d+": 1, "never": 1}[recency]
+
+
 def test_a_request_that_cannot_reach_k_within_the_cap_is_refused_and_releases_nothing(vault: Vault) -> None:
     vault.consumer("loyalty-app", [*STATIC, "spend_band", "balance_band"], k=2, cap=0)
     for m in vault.members[:5]:

@@ -100,11 +100,14 @@ class Profile:
 
     qi: tuple[str | None, ...]  # in hierarchies.QUASI_IDENTIFIERS order; None when not requested
     sensitive: tuple[Sensitive, ...]  # in SENSITIVE order; None when not requested, withheld or unknown
-    plain: dict[str, object]  # requested plain attributes, in ATTRIBUTES order
+    plain: dict[str, Plain]  # requested plain attributes, in ATTRIBUTES order
 
 
-# What an extract keeps of a profile (``ProfileBuilder.released``): released quasi-identifier labels, released sensitive values, plain attributes.
-Released = tuple[tuple[str | None, ...], tuple[Sensitive, ...], dict[str, object]]
+# A plain attribute's value: a label, a sorted tuple of labels, or None (the form a released row and its digest take).
+Plain = str | tuple[str, ...] | None
+# What an extract keeps of a profile (``ProfileBuilder.released``): released quasi-identifier labels, released sensitive
+# values, the requested plain attributes' values (in ``ATTRIBUTES`` order, the extract's column order).
+Released = tuple[tuple[str | None, ...], tuple[Sensitive, ...], tuple[Plain, ...]]
 
 D, R = Dimension, Role
 QI, SENS, ATTR = R.quasi_identifier, R.sensitive, R.attribute
@@ -281,7 +284,7 @@ _SENSITIVE_COMPUTE: dict[str, SensitiveCompute] = {
 
 # plain attributes
 
-PlainCompute = Callable[[MemberFacts, date], object]
+PlainCompute = Callable[[MemberFacts, date], Plain]
 
 
 def _plain_enum(name: str, value_set: type[StrEnum]) -> PlainCompute:
@@ -377,13 +380,14 @@ class ProfileBuilder:
 
         ``qi`` and ``sensitive`` are the entries of ``Profile.qi`` at
         ``qi_index`` and of ``Profile.sensitive`` at ``sensitive_index``;
-        ``plain`` is ``Profile.plain``. The same computations in the same
+        ``plain`` is ``Profile.plain``'s values in its order (a tuple: no
+        dict per member to build, spool and look up). The same computations in the same
         order (so the same values and the same errors), without building the
         full tuples and a ``Profile`` per member.
         """
         qi_at = {i: at for at, (i, _) in enumerate(self._qi)}
         sensitive_at = {j: at for at, (j, _) in enumerate(self._sensitive)}
-        qi_computes, sensitive_computes, plain = [c for _, c in self._qi], [c for _, c in self._sensitive], self._plain
+        qi_computes, sensitive_computes, plain = [c for _, c in self._qi], [c for _, c in self._sensitive], [c for _, c in self._plain]
         qi_pick, sensitive_pick = [qi_at.get(i) for i in qi_index], [sensitive_at.get(j) for j in sensitive_index]
         qi_whole, sensitive_whole = qi_pick == list(range(len(qi_computes))), sensitive_pick == list(range(len(sensitive_computes)))
 
@@ -393,7 +397,7 @@ class ProfileBuilder:
             return (
                 tuple(labels) if qi_whole else tuple([None if at is None else labels[at] for at in qi_pick]),
                 tuple(values) if sensitive_whole else tuple([None if at is None else values[at] for at in sensitive_pick]),
-                {name: compute(facts, as_of) for name, compute in plain},
+                tuple([compute(facts, as_of) for compute in plain]),
             )
 
         return build

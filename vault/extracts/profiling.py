@@ -29,8 +29,9 @@ from vault.purposes import Purpose
 from vault.storage.schema import members
 
 Counted = tuple[tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None]  # a row's histogram entry: level-0 quasi-identifiers, sensitive values
-# A profiled member in the spool: member id, pseudonym, released level-0 quasi-identifiers, released sensitive values (``hashable``), plain attributes.
-SpoolRow = tuple[str, str, tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None, dict[str, object]]
+# A profiled member in the spool: member id, pseudonym, released level-0 quasi-identifiers, released sensitive values
+# (``hashable``), the plain attributes' values in the extract's column order (``ProfileBuilder.released``).
+SpoolRow = tuple[str, str, tuple[str | None, ...], tuple[str | tuple[str, ...] | None, ...] | None, tuple[pf.Plain, ...]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,13 +37,14 @@ import json.encoder
 import marshal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Connection, Engine, select
 
 from keys.derive import derive_key
 from vault.extracts import hierarchies as hi
 from vault.extracts.anonymity import Plan
-from vault.extracts.profiling import SpoolRow, hashable
+from vault.extracts.profiling import SpoolRow
 from vault.extracts.writers import BatchEncoder, Encoded
 from vault.storage.schema import extract_members, extracts
 
@@ -79,8 +80,11 @@ class Releasing:
     since: str | None  # incremental: the base extract
 
     @property
-    def mask_rfm(self) -> bool:
-        return "rfm" in self.plain_names and self.plan.generalization.get("spend_band") != hi.hierarchy("spend_band").levels[0]
+    def rfm_masked_at(self) -> int | None:
+        """The index of ``rfm`` among the plain attributes when its M digit is to be masked, else None."""
+        if "rfm" not in self.plain_names or self.plan.generalization.get("spend_band") == hi.hierarchy("spend_band").levels[0]:
+            return None
+        return self.plain_names.index("rfm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,27 +112,30 @@ class Releaser:
 
     def __init__(self, job: Releasing, pseudonym_root: bytes, engine: Engine) -> None:
         self._job = job
-        self._mask_rfm = job.mask_rfm
+        self._rfm_at = job.rfm_masked_at
         self._row_mac = RowMac(pseudonym_root, job.consumer_id, job.epoch)
         self._engine = engine  # read only for an incremental extract's held digests
 
     def release(self, chunk: bytes) -> ReleasedChunk:
-        job, mask_rfm, release, plain_names = self._job, self._mask_rfm, self._job.plan.release, self._job.plain_names
+        job, rfm_at, release = self._job, self._rfm_at, self._job.plan.release
         ids: list[str] = []
         rows: list[OutRow] = []
         suppressed: list[str] = []
         # The first pass's own rows, from this run's authenticated spool (or this run's pipe): a marshal blob, not outside input.
         spooled: list[SpoolRow] = marshal.loads(chunk)  # noqa: S302 — written by this run's first pass, read back from its AES-GCM spool
-        for member_id, pseudonym, qi, sensitive, plain in spooled:
+        for member_id, pseudonym, qi, sensitive, spooled_plain in spooled:
             released = release(qi, sensitive)  # as the histogram counted them (``hashable`` sensitive values)
             if released is None:
                 suppressed.append(member_id)
                 continue
-            if mask_rfm and isinstance(rfm := plain.get("rfm"), str) and rfm:
-                plain["rfm"] = rfm[:-1] + "*"
-            hidden = tuple(hashable(v) for v in released.sensitive or ())
+            plain = spooled_plain
+            if rfm_at is not None and isinstance(rfm := plain[rfm_at], str) and rfm:
+                plain = (*plain[:rfm_at], rfm[:-1] + "*", *plain[rfm_at + 1 :])
             ids.append(member_id)
-            rows.append((pseudonym, *released.qi, *hidden, *(hashable(plain.get(n)) for n in plain_names)))
+            # The spooled values are a row's values already: ``Plan.release`` returns the spooled (``hashable``)
+            # sensitive values or None for a withheld one, and the plain ones are ``Plain``.
+            hidden = cast("OutRow", released.sensitive or ())
+            rows.append((pseudonym, *released.qi, *hidden, *plain))
         macs = [self._row_mac(row) for row in rows]
         withdrawn: tuple[str, ...] = ()
         if suppressed or (job.since is not None and ids):
