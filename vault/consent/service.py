@@ -58,9 +58,11 @@ from vault.storage.schema import consent_events, members
 
 TABLE = "consent_events"
 # Each member's last event for a purpose (``live_among_on_driver``): the row of the highest seq of (member_id, purpose).
+# SQLite takes a bare column of a ``max()`` aggregate from the row holding the maximum, so the whole answer comes
+# from ``ix_consent_events_last_event`` alone: no seek of the table per member.
 _LAST_EVENTS = (
-    "SELECT e.member_id, e.decision, e.notice_version FROM json_each(?) AS j "
-    "JOIN consent_events AS e ON e.seq = (SELECT max(seq) FROM consent_events WHERE member_id = j.value AND purpose = ?)"
+    "SELECT member_id, decision, notice_version, max(seq) FROM consent_events "
+    "WHERE member_id IN (SELECT value FROM json_each(?)) AND purpose = ? GROUP BY member_id"
 )
 GUARDIAN_AGE = 14
 DEFAULT_GRACE = timedelta(days=30)
@@ -189,7 +191,7 @@ class ConsentService:
             .subquery()
         )
         rows = conn.execute(
-            select(t.c.member_id, t.c.decision, t.c.notice_version)
+            select(t.c.member_id, t.c.decision, t.c.notice_version, last.c.seq)  # the columns of ``_LAST_EVENTS``
             .join(last, and_(t.c.member_id == last.c.member_id, t.c.seq == last.c.seq))
             .where(t.c.purpose == purpose.value)
         )
@@ -203,8 +205,9 @@ class ConsentService:
         The same rule: a member's last event for ``purpose`` (highest ``seq``)
         is a grant under a notice version whose first later material change,
         plus the grace period, is not yet reached at ``now``. One seek a member
-        (its last ``seq``, from the ``(member_id, purpose, seq)`` index) in the
-        caller's transaction, without SQLAlchemy's row processing. ``notices``:
+        in ``ix_consent_events_last_event``, which also holds the decision and
+        the notice version (no read of the table), in the caller's
+        transaction, without SQLAlchemy's row processing. ``notices``:
         the purpose's notices (``NoticeBook.of``) as the caller read them in
         the same transaction, so that a reader of many batches reads them once.
         """
@@ -215,11 +218,11 @@ class ConsentService:
         return self._live(rows, self.notices.of(conn, purpose) if notices is None else notices, now)
 
     def _live(self, last_events: Iterable[Sequence[Any]], notices: Sequence[Notice], now: datetime) -> set[str]:
-        """The rule of ``live_among``: of each member's last event (member id, decision, notice version), the live grants at ``now``."""
+        """The rule of ``live_among``: of each member's last event (member id, decision, notice version, seq), the live grants at ``now``."""
         granted = ConsentDecision.granted.value
         live: set[str] = set()
         stale: dict[int, datetime | None] = {}  # per granted notice version: when its grants stop counting (``stale_from``), worked out once
-        for member_id, decision, version in last_events:
+        for member_id, decision, version, _seq in last_events:
             if decision != granted or version is None:
                 continue
             granted_version = int(version)

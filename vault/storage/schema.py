@@ -271,7 +271,9 @@ consent_events = Table(
     CheckConstraint("given_by IN ('member', 'guardian')", name="given_by"),
     CheckConstraint("decision = 'withdrawn' OR (notice_version IS NOT NULL AND notice_hash IS NOT NULL)", name="grant_names_notice"),
     CheckConstraint("channel = 'app' OR evidence IS NOT NULL", name="evidence_off_app"),
-    Index(None, "member_id", "purpose", "seq"),
+    # A member's events for a purpose in order; the last one's decision and notice version from the index alone
+    # (``ConsentService.live_among_on_driver`` asks it of every member an extract walks; migration 0013).
+    Index("ix_consent_events_last_event", "member_id", "purpose", "seq", "decision", "notice_version"),
 )
 
 # -- data-subject requests: the request (its status moves) and its append-only steps --------------------------
