@@ -35,12 +35,11 @@ from sqlalchemy import Connection, Engine, bindparam, exists, select
 from api.caller import Caller
 from api.problems import UNAUTHORIZED, ProblemError
 from api.settings import Settings
-from api.tokens import InvalidTokenError, TokenVerifier, TrustedKey, load_trusted_issuers, vault_keys
+from api.tokens import DEV_ISSUER, InvalidTokenError, TokenVerifier, TrustedKey, load_trusted_issuers, vault_keys
 from keys.signing import SigningKeys, SigningPurpose
 from vault.storage.readers import DriverRow, SqliteReader
 from vault.storage.schema import clients, revoked_tokens
 
-DEV_ISSUER = "member-vault-dev"
 # (is the jti revoked?, is the client revoked? — NULL when there is no such client)
 _REVOCATION = DriverRow(
     select(

@@ -12,9 +12,8 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from api.authn import DEV_ISSUER
 from api.runtime import Runtime
-from api.tokens import issue_token
+from api.tokens import DEV_ISSUER, issue_token
 from keys.signing import SigningPurpose
 from vault.demo.consumers import DEMO_CONSUMERS
 from vault.roles import CLINIC_ROLES, Role

@@ -18,10 +18,9 @@ from typing import Annotated
 
 import typer
 
-from api.authn import DEV_ISSUER
 from api.cli._common import fail, runtime, settings
 from api.cli.clients import record_operator_action
-from api.tokens import MAX_TTL, issue_token
+from api.tokens import DEV_ISSUER, MAX_TTL, issue_token
 from keys.signing import SigningPurpose
 from vault.clients import revoke_token
 from vault.roles import Role

@@ -48,7 +48,7 @@ needs a ``kid``.
 """
 
 from api.tokens._claims import Claims
-from api.tokens._issuer import MAX_TTL, issue_token
+from api.tokens._issuer import DEV_ISSUER, MAX_TTL, issue_token
 from api.tokens._trusted import (
     MIN_RSA_BITS,
     Algorithm,
@@ -65,6 +65,7 @@ from api.tokens._verifier import ACCESS_TOKEN_TYPES, ALGORITHMS, FORBIDDEN_HEADE
 __all__ = [
     "ACCESS_TOKEN_TYPES",
     "ALGORITHMS",
+    "DEV_ISSUER",
     "FORBIDDEN_HEADERS",
     "MAX_TTL",
     "MIN_RSA_BITS",

@@ -12,6 +12,7 @@ from api.tokens._claims import Claims, parse_claims
 from keys.signing import SigningKey
 
 MAX_TTL = timedelta(hours=1)
+DEV_ISSUER = "member-vault-dev"  # the issuer of development tokens (``vaultctl tokens issue``, ``demo seed``), signed with the dev JWT key
 
 
 def issue_token(

@@ -37,11 +37,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 
 from api.app import create_app
-from api.authn import DEV_ISSUER
 from api.runtime import Runtime, open_runtime
 from api.services import Services
 from api.settings import Settings
-from api.tokens import issue_token
+from api.tokens import DEV_ISSUER, issue_token
 from audit.merkle import verify_inclusion
 from audit.store import audit_journal
 from keys.models import MemberKeyRow
