@@ -8,7 +8,11 @@ once — members through ``seed_members_parallel``, consent histories through
 consumers — and kept under ``--cache`` (default ``$VAULT_BENCH_CACHE`` or
 ``~/.cache/member-vault-bench``; a million members take about 10 GB) in a
 directory named by the size, the seed and a hash of the seeder's source, so a
-later run reuses it (``make bench`` on a fresh machine seeds it first). ``--revision``
+later run reuses it (``make bench`` on a fresh machine seeds it first). The
+runs read what the page cache holds of it: on a machine that reclaims the
+page cache proactively (DAMON) a run reads it from the disk again, and a cache
+on a ``tmpfs`` (``--cache /dev/shm/...``, memory permitting) measures the
+vault in memory. ``--revision``
 measures the vaults an earlier seeder left there (a change to the seeder's
 source would otherwise seed anew); migrations added since are applied to
 them, as ``vaultctl init`` would.
