@@ -24,7 +24,7 @@ run: $(STAMP)
 
 ## test: install PostgreSQL and SoftHSM2 if missing, start throwaway instances, run the whole suite
 test: $(STAMP)
-	VAULT_TEST_REQUIRE_SERVICES=1 bash scripts/with-test-services.sh $(BIN)/pytest
+	VAULT_TEST_REQUIRE_SERVICES=1 bash scripts/with-test-services.sh $(BIN)/pytest -n auto
 
 ## lint: formatting, lint rules, strict typing, import contracts
 lint: $(STAMP)

@@ -9,6 +9,12 @@ service fails the run instead.
 Databases: the schema is built by Alembic once per session into a template
 (a SQLite file; a PostgreSQL template database); each test gets a fresh copy,
 so tests never see each other's rows and never truncate anything.
+
+``make test`` runs the suite in parallel (pytest-xdist, one process per core).
+Each process has its own SQLite templates (under its own temporary directory)
+and its own PostgreSQL template databases, copied from the migrated ``vault``
+and ``vault_keys`` under an advisory lock: PostgreSQL copies a template only
+while no other session is connected to it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pkcs11
@@ -50,6 +57,10 @@ def _need(name: str) -> str:
 # -- PostgreSQL ------------------------------------------------------------------
 
 
+# A fixed 64-bit advisory-lock key ("mv-tmpl" in ASCII): migrating the templates and copying a process's own.
+TEMPLATE_LOCK_KEY = 0x6D762D746D706C
+
+
 @dataclass(frozen=True)
 class PgServer:
     app_url: str
@@ -58,6 +69,8 @@ class PgServer:
     keys_owner_url: str
     admin_url: str
     bin_dir: Path
+    data_template: str = "vault"
+    keys_template: str = "vault_keys"
 
     def admin(self, sql: str, database: str = "postgres") -> None:
         engine = create_engine(make_url(self.admin_url).set(database=database), isolation_level="AUTOCOMMIT")
@@ -71,9 +84,8 @@ class PgServer:
         """Create a data and a key-store database from the migrated templates; return their URLs."""
         suffix = f"{os.getpid()}_{next(_counter)}"
         data, keys = f"t_vault_{suffix}", f"t_keys_{suffix}"
-        for name, template in ((data, "vault"), (keys, "vault_keys")):
-            self.admin(f"CREATE DATABASE {name} TEMPLATE {template} OWNER vault_owner")
-            self.admin(f"GRANT CONNECT ON DATABASE {name} TO vault_app")
+        for name, template in ((data, self.data_template), (keys, self.keys_template)):
+            self.copy(template, name)
         app = make_url(self.app_url)
         owner = make_url(self.owner_url)
         return (
@@ -83,13 +95,33 @@ class PgServer:
             owner.set(database=keys).render_as_string(hide_password=False),
         )
 
+    def copy(self, template: str, name: str) -> None:
+        self.admin(f"CREATE DATABASE {name} TEMPLATE {template} OWNER vault_owner")
+        self.admin(f"GRANT CONNECT ON DATABASE {name} TO vault_app")
+
     def drop(self, url: str) -> None:
-        name = make_url(url).database
+        self.drop_database(str(make_url(url).database))
+
+    def drop_database(self, name: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    @contextmanager
+    def template_lock(self) -> Iterator[None]:
+        """Held by one test process at a time, across processes (a session-level advisory lock)."""
+        engine = create_engine(make_url(self.admin_url).set(database="postgres"), isolation_level="AUTOCOMMIT")  # not a template's
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TEMPLATE_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": TEMPLATE_LOCK_KEY})
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> PgServer:
+def pg_server() -> Iterator[PgServer]:
     server = PgServer(
         app_url=_need("VAULT_TEST_PG_URL"),
         owner_url=_need("VAULT_TEST_PG_MIGRATION_URL"),
@@ -98,13 +130,24 @@ def pg_server() -> PgServer:
         admin_url=_need("VAULT_TEST_PG_ADMIN_URL"),
         bin_dir=Path(_need("VAULT_TEST_PG_BIN")),
     )
-    for url, which in ((server.owner_url, Database.data), (server.keys_owner_url, Database.keystore)):
-        engine = make_engine(url)
-        try:
-            upgrade(engine, which)
-        finally:
-            engine.dispose()
-    return server
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", … under pytest-xdist; unset in a plain run
+    with server.template_lock():
+        for url, which in ((server.owner_url, Database.data), (server.keys_owner_url, Database.keystore)):
+            engine = make_engine(url)
+            try:
+                upgrade(engine, which)
+            finally:
+                engine.dispose()
+        if worker is not None:
+            own = replace(server, data_template=f"vault_tmpl_{worker}", keys_template=f"vault_keys_tmpl_{worker}")
+            for template, name in ((server.data_template, own.data_template), (server.keys_template, own.keys_template)):
+                own.drop_database(name)  # left by an interrupted run
+                own.copy(template, name)
+            server = own
+    yield server
+    if worker is not None:
+        server.drop_database(server.data_template)
+        server.drop_database(server.keys_template)
 
 
 # -- SQLite templates --------------------------------------------------------------
