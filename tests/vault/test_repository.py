@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from api.runtime import Runtime
 from tests.vault.factories import member_values, other_member_values, resident_id
 from vault import data_map as dm
-from vault.errors import RecordIntegrityError, ValidationError
+from vault.errors import NotFoundError, RecordIntegrityError, ValidationError
 from vault.members import MemberRepository
 from vault.storage.schema import blind_index, members
 
@@ -44,6 +44,22 @@ def test_read_decrypts_only_the_categories_asked_for(runtime: Runtime) -> None:
         member_id = runtime.members.create(conn, member_values())
         view = runtime.members.read(conn, member_id, {dm.Category.contact})
     assert set(view.values) == {dm.Category.contact}
+
+
+def test_read_field_opens_that_field_alone(runtime: Runtime) -> None:
+    with runtime.data_engine.begin() as conn:
+        member_id = runtime.members.create(conn, member_values())
+        phone = conn.execute(select(members.c.phone).where(members.c.member_id == member_id)).scalar_one()
+        conn.execute(update(members).where(members.c.member_id == member_id).values(full_name=phone))  # another identity field broken
+    with runtime.data_engine.connect() as conn:
+        assert runtime.members.read_field(conn, member_id, "date_of_birth") == date(1949, 12, 31)
+        assert runtime.members.read_field(conn, member_id, "tier") == member_values()["tier"]  # a plain column as stored
+        with pytest.raises(RecordIntegrityError):
+            runtime.members.read(conn, member_id, {dm.Category.identity})  # the category read opens the broken one too
+        with pytest.raises(KeyError):
+            runtime.members.read_field(conn, member_id, "is_admin")
+        with pytest.raises(NotFoundError):
+            runtime.members.read_field(conn, "0" * 32, "date_of_birth")
 
 
 def test_ciphertext_moved_to_another_field_fails_with_integrity_error(runtime: Runtime) -> None:

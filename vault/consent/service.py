@@ -34,7 +34,6 @@ from sqlalchemy import Connection, RowMapping, and_, func, insert, select
 
 from keys.errors import DecryptionError
 from keys.field_cipher import FieldContext, read_header
-from vault import data_map as dm
 from vault.consent.model import (
     ConsentChannel,
     ConsentDecision,
@@ -138,7 +137,7 @@ class ConsentService:
     def _check_guardian(self, conn: Connection, member_id: str, request: ConsentRequest, now: datetime) -> None:
         if request.decision is ConsentDecision.withdrawn and request.given_by is GivenBy.member:
             return  # a member's own withdrawal always counts, whatever their age: nothing to decrypt
-        born = self._members.read(conn, member_id, (dm.Category.identity,)).values[dm.Category.identity].get("date_of_birth")
+        born = self._members.read_field(conn, member_id, "date_of_birth")  # the one value the rule needs: no other field is opened
         age = age_on(born, now.date()) if isinstance(born, date) else None
         if request.given_by is GivenBy.guardian and (age is None or age >= GUARDIAN_AGE):
             raise ValidationError({"given_by": "guardian_not_applicable"})

@@ -98,6 +98,17 @@ class MemberRepository:
 
     def read(self, conn: Connection, member_id: str, categories: Collection[dm.Category]) -> MemberView:
         wanted, plan = _read_plan(frozenset(categories))
+        values: dict[dm.Category, dict[str, object]] = {c: {} for c in dm.categories_of(dm.Table.members) if c in categories}
+        for f, value in zip(wanted, self._opened(conn, member_id, wanted, plan), strict=True):
+            values[f.category][f.name] = value
+        return MemberView(MemberId(member_id), values)
+
+    def read_field(self, conn: Connection, member_id: str, name: str) -> object:
+        """One field of a live member, and only it decrypted (a check that needs one value opens no other)."""
+        wanted, plan = _field_plan(name)
+        return self._opened(conn, member_id, wanted, plan)[0]
+
+    def _opened(self, conn: Connection, member_id: str, wanted: tuple[dm.Field, ...], plan: DriverRow) -> list[object]:
         row = plan.first(conn, {"member_id": member_id})
         if row is None:
             raise NotFoundError(f"no member {member_id}")
@@ -105,10 +116,7 @@ class MemberRepository:
         if erased_at is not None:
             raise MemberErasedError(f"member {member_id} was erased")
         cipher = self.data_cipher(member_id, key_version) if any(f.encrypted for f in wanted) else None
-        values: dict[dm.Category, dict[str, object]] = {c: {} for c in dm.categories_of(dm.Table.members) if c in categories}
-        for f, raw in zip(wanted, stored, strict=True):
-            values[f.category][f.name] = open_sealed(cipher, f, member_id, raw) if cipher is not None and f.encrypted else raw
-        return MemberView(MemberId(member_id), values)
+        return [open_sealed(cipher, f, member_id, raw) if cipher is not None and f.encrypted else raw for f, raw in zip(wanted, stored, strict=True)]
 
     # -- the member's data key, for records kept beside the member (consent evidence, request notes) --------
 
@@ -233,7 +241,16 @@ class MemberRepository:
 @functools.lru_cache(maxsize=64)
 def _read_plan(categories: frozenset[dm.Category]) -> tuple[tuple[dm.Field, ...], DriverRow]:
     """The fields of some categories and the one statement that reads them (key version, tombstone, the fields; built once per set)."""
-    wanted = tuple(f for f in _MEMBER_FIELDS if f.category in categories)
+    return _plan(tuple(f for f in _MEMBER_FIELDS if f.category in categories))
+
+
+@functools.lru_cache(maxsize=64)
+def _field_plan(name: str) -> tuple[tuple[dm.Field, ...], DriverRow]:
+    """One field of ``members`` (``KeyError`` for another name) and the statement that reads it."""
+    return _plan((dm.fields_by_name(dm.Table.members)[name],))
+
+
+def _plan(wanted: tuple[dm.Field, ...]) -> tuple[tuple[dm.Field, ...], DriverRow]:
     stmt = select(members.c.key_version, members.c.erased_at, *(members.c[f.name] for f in wanted)).where(members.c.member_id == bindparam("member_id"))
     return wanted, DriverRow(stmt)
 
