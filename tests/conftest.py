@@ -108,7 +108,7 @@ class PgServer:
     @contextmanager
     def template_lock(self) -> Iterator[None]:
         """Held by one test process at a time, across processes (a session-level advisory lock)."""
-        engine = create_engine(make_url(self.admin_url).set(database="postgres"), isolation_level="AUTOCOMMIT")  # not a template's
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TEMPLATE_LOCK_KEY})
@@ -127,7 +127,8 @@ def pg_server() -> Iterator[PgServer]:
         owner_url=_need("VAULT_TEST_PG_MIGRATION_URL"),
         keys_app_url=_need("VAULT_TEST_PG_KEYS_URL"),
         keys_owner_url=_need("VAULT_TEST_PG_KEYS_MIGRATION_URL"),
-        admin_url=_need("VAULT_TEST_PG_ADMIN_URL"),
+        # The maintenance database, never a template: PostgreSQL copies a template only while no session is connected to it.
+        admin_url=make_url(_need("VAULT_TEST_PG_ADMIN_URL")).set(database="postgres").render_as_string(hide_password=False),
         bin_dir=Path(_need("VAULT_TEST_PG_BIN")),
     )
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", … under pytest-xdist; unset in a plain run
@@ -140,9 +141,14 @@ def pg_server() -> Iterator[PgServer]:
                 engine.dispose()
         if worker is not None:
             own = replace(server, data_template=f"vault_tmpl_{worker}", keys_template=f"vault_keys_tmpl_{worker}")
-            for template, name in ((server.data_template, own.data_template), (server.keys_template, own.keys_template)):
-                own.drop_database(name)  # left by an interrupted run
-                own.copy(template, name)
+            try:
+                for template, name in ((server.data_template, own.data_template), (server.keys_template, own.keys_template)):
+                    own.drop_database(name)  # left by an interrupted run
+                    own.copy(template, name)
+            except Exception:
+                own.drop_database(own.data_template)
+                own.drop_database(own.keys_template)
+                raise
             server = own
     yield server
     if worker is not None:

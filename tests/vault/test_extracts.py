@@ -361,12 +361,15 @@ def test_finished_at_and_the_audit_event_tell_when_the_run_ended_the_manifest_wh
         assert outcome.claims["consent_snapshot_at"] == "2026-11-01T09:00:00Z"
 
 
-@pytest.mark.parametrize("spend_level", ["spend_band", "spend_wide", "*"])
-def test_rfm_masks_its_m_digit_unless_spend_band_is_released_at_its_finest_level(vault: Vault, spend_level: str) -> None:
-    vault.consumer("loyalty-app", ["tier", "spend_band", "rfm", "recency"], k=2)
+@pytest.mark.parametrize("spend_level", ["spend_band", "spend_wide", "*", None])
+def test_rfm_masks_its_m_digit_unless_spend_band_is_released_at_its_finest_level(vault: Vault, spend_level: str | None) -> None:
+    # rfm between other plain columns (preferred_categories comes after it); None: spend_band not released at all.
+    spend = [] if spend_level is None else ["spend_band"]
+    vault.consumer("loyalty-app", ["tier", *spend, "rfm", "recency", "preferred_categories"], k=2)
     _grant_all(vault)
-    with write_transaction(vault.rt.data_engine) as conn:
-        vault.registry.fix_generalization(conn, "loyalty-app", 1, {"spend_band": spend_level})
+    if spend_level is not None:
+        with write_transaction(vault.rt.data_engine) as conn:
+            vault.registry.fix_generalization(conn, "loyalty-app", 1, {"spend_band": spend_level})
 
     outcome, data = vault.run("loyalty-app")
 
@@ -380,6 +383,8 @@ def test_rfm_masks_its_m_digit_unless_spend_band_is_released_at_its_finest_level
     else:
         assert m_digits == {"*"}  # M would undo the generalization of spend_band
     assert all(str(r["rfm"])[:3] == f"R{_recency_digit(str(r['recency']))}F" for r in rows)  # the rest of the row is untouched
+    assert all(r["preferred_categories"] is None or isinstance(r["preferred_categories"], list) for r in rows)
+    assert any(r["preferred_categories"] for r in rows)  # the column after rfm keeps its own values
 
 
 def _recency_digit(recency: str) -> int:

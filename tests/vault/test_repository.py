@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from api.runtime import Runtime
 from tests.vault.factories import member_values, other_member_values, resident_id
 from vault import data_map as dm
-from vault.errors import NotFoundError, RecordIntegrityError, ValidationError
+from vault.errors import MemberErasedError, NotFoundError, RecordIntegrityError, ValidationError
 from vault.members import MemberRepository
 from vault.storage.schema import blind_index, members
 
@@ -60,6 +60,10 @@ def test_read_field_opens_that_field_alone(runtime: Runtime) -> None:
             runtime.members.read_field(conn, member_id, "is_admin")
         with pytest.raises(NotFoundError):
             runtime.members.read_field(conn, "0" * 32, "date_of_birth")
+    with runtime.data_engine.begin() as conn:
+        conn.execute(update(members).where(members.c.member_id == member_id).values(erased_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    with runtime.data_engine.connect() as conn, pytest.raises(MemberErasedError):
+        runtime.members.read_field(conn, member_id, "date_of_birth")
 
 
 def test_ciphertext_moved_to_another_field_fails_with_integrity_error(runtime: Runtime) -> None:

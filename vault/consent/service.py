@@ -206,9 +206,10 @@ class ConsentService:
 
         The same rule: a member's last event for ``purpose`` (highest ``seq``)
         is a grant under a notice version whose first later material change,
-        plus the grace period, is not yet reached at ``now``. One seek a member
-        in ``ix_consent_events_last_event``, which also holds the decision and
-        the notice version (no read of the table), in the caller's
+        plus the grace period, is not yet reached at ``now``. One short range
+        of ``ix_consent_events_last_event`` a member (its events for the
+        purpose), which also holds the decision and the notice version (no
+        read of the table), in the caller's
         transaction, without SQLAlchemy's row processing. ``notices``:
         the purpose's notices (``NoticeBook.of``) as the caller read them in
         the same transaction, so that a reader of many batches reads them once.

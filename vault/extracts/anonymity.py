@@ -59,7 +59,8 @@ from typing import NamedTuple
 
 from vault.extracts._lattice import Classes, Generalizer, Key, Lattice, Node, Search
 
-Sensitive = tuple[Hashable | None, ...]
+# A row's sensitive values as an extract spools and releases them (``profiling.hashable``): a label, a tuple of labels, None.
+Sensitive = tuple[str | tuple[str, ...] | None, ...]
 
 
 class AnonymityRefusedError(Exception):

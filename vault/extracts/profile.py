@@ -365,6 +365,11 @@ class ProfileBuilder:
         self._sensitive = tuple((_SENSITIVE_INDEX[a.name], _SENSITIVE_COMPUTE[a.name]) for a in chosen if a.role is SENS)
         self._plain = tuple((a.name, _PLAIN_COMPUTE[a.name]) for a in chosen if a.role is ATTR)
 
+    @property
+    def plain_names(self) -> tuple[str, ...]:
+        """The requested plain attributes, in the order ``released`` gives their values (``ATTRIBUTES`` order)."""
+        return tuple(name for name, _ in self._plain)
+
     def build(self, facts: MemberFacts, as_of: date) -> Profile:
         """The profile of one member as of a date."""
         qi: list[str | None] = [None] * len(_QI_INDEX)

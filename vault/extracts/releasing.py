@@ -37,7 +37,6 @@ import json.encoder
 import marshal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from sqlalchemy import Connection, Engine, select
 
@@ -134,8 +133,7 @@ class Releaser:
             ids.append(member_id)
             # The spooled values are a row's values already: ``Plan.release`` returns the spooled (``hashable``)
             # sensitive values or None for a withheld one, and the plain ones are ``Plain``.
-            hidden = cast("OutRow", released.sensitive or ())
-            rows.append((pseudonym, *released.qi, *hidden, *plain))
+            rows.append((pseudonym, *released.qi, *(released.sensitive or ()), *plain))
         macs = [self._row_mac(row) for row in rows]
         withdrawn: tuple[str, ...] = ()
         if suppressed or (job.since is not None and ids):

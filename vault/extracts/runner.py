@@ -405,8 +405,9 @@ class ExtractRunner:
 
 
 def _plain_columns(consumer: Consumer) -> list[Column]:
+    """The plain attribute columns, named by the profile builder: the spooled values come in its order (``ProfileBuilder.released``)."""
     lists = {"interest_tags", "preferred_categories", "top_categories"}
-    return [Column(a.name, is_list=a.name in lists) for a in pf.ATTRIBUTES if a.name in consumer.attributes and a.role is pf.Role.attribute]
+    return [Column(name, is_list=name in lists) for name in pf.ProfileBuilder(consumer.attributes, health=consumer.health).plain_names]
 
 
 def _profiling(consumer: Consumer, epoch: int, qi_names: Sequence[str], sensitive_names: Sequence[str], now: datetime) -> Profiling:
