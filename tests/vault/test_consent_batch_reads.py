@@ -1,4 +1,4 @@
-"""``ConsentService.live_among_on_driver`` gives ``live_among``'s answer on random consent histories, on both backends.
+"""``live_among`` and ``live_among_on_driver`` give the per-member rule's answer on random consent histories, on both backends.
 
 The extract's first pass asks the gate for a batch of members through
 ``live_among_on_driver`` (its rows read on the SQLite driver; on PostgreSQL it
@@ -78,7 +78,7 @@ def _append(runtime: Runtime, ids: list[str], events: list[tuple[int, Purpose, C
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=EVENTS, days=st.integers(-90, 60), grace=st.integers(0, 45), order=st.permutations(range(MEMBERS + 2)))
-def test_live_among_on_driver_answers_as_live_among(
+def test_live_among_and_its_driver_reads_answer_as_the_per_member_rule(
     vault: tuple[Runtime, list[str]], events: list[tuple[int, Purpose, ConsentDecision, int]], days: int, grace: int, order: list[int]
 ) -> None:
     runtime, ids = vault
@@ -89,7 +89,9 @@ def test_live_among_on_driver_answers_as_live_among(
     now = NOW + timedelta(days=days)
     with read_snapshot(runtime.data_engine) as conn:
         for purpose in PURPOSES:
-            assert service.live_among_on_driver(conn, asked, purpose, now) == service.live_among(conn, asked, purpose, now)
+            one_by_one = {m for m in asked if service.has_live_consent(conn, m, purpose, now)}  # the per-member rule (``derive``)
+            assert service.live_among(conn, asked, purpose, now) == one_by_one
+            assert service.live_among_on_driver(conn, asked, purpose, now) == one_by_one
 
 
 def test_live_among_on_driver_of_no_members_is_empty(vault: tuple[Runtime, list[str]]) -> None:
