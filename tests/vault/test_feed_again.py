@@ -14,7 +14,9 @@ and runner), on SQLite and PostgreSQL:
   running extract did not include feeds nothing;
 * a withdrawal's transaction holds the feed's lock until it commits: an
   extract starting meanwhile waits for it, and then its snapshot sees the
-  withdrawal (the member is not included, nothing is fed).
+  withdrawal (the member is not included, nothing is fed);
+* on PostgreSQL an extract's release takes the feed's lock only after it has
+  inserted its members, so feed writers do not wait for that insert.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
 
 from api.runtime import Runtime
 from audit.event import AuditEvent
@@ -35,6 +38,7 @@ from tests.vault.test_extracts import DPO, NOW, Vault
 from vault.access import Access, Gatekeeper
 from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, Recorder, RecorderRole
 from vault.data_requests import DataRequestGate, DataRequestService, FiledBy, Filer, Filing, Move, RequestType, Status
+from vault.extracts import feed
 from vault.extracts.feed import FeedEntry, LeftReason
 from vault.extracts.runner import ExtractAudit, ExtractOutcome, ExtractRequest
 from vault.extracts.writers import ExtractFormat
@@ -205,3 +209,65 @@ def test_an_extract_starting_while_a_withdrawal_is_open_waits_for_it_and_then_le
     assert outcome.status == "done"
     assert leaving not in vault.included(outcome.extract_id)
     assert _feed(vault) == []
+
+
+def test_a_release_inserts_its_members_before_it_waits_for_the_feed_lock(vault: Vault) -> None:
+    """On PostgreSQL, withdrawals wait for the feed's lock: the release takes it after its long insert, not before."""
+    engine = vault.rt.data_engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's write transaction holds its write lock throughout")
+    with engine.connect() as conn:
+        consumer = vault.registry.get(conn, "loyalty-app")
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold_the_feed() -> None:  # another feed writer, its transaction open until told
+        with write_transaction(engine) as conn:
+            feed.hold(conn)
+            held.set()
+            let_go.wait(30)
+
+    holder = threading.Thread(target=hold_the_feed)
+    ran: list[ExtractOutcome] = []
+
+    def progress(_: int) -> None:  # the run has begun (its start took the lock and committed): now another writer holds it
+        if not held.is_set():
+            holder.start()
+            assert held.wait(30)
+
+    def run() -> None:
+        out = io.BytesIO()
+        audit = ExtractAudit(DPO, "req-lock", "policy-test-1")
+        ran.append(
+            vault.runner.run(ExtractRequest(new_id(), consumer, ExtractFormat.ndjson), out, audit=audit, signing=vault.signing, now=NOW, progress=progress)
+        )
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        waiting = _backend_waiting_for_the_feed_lock(engine)
+        with engine.connect() as conn:
+            inserted = conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND granted AND relation = 'extract_members'::regclass AND mode = 'RowExclusiveLock'"),
+                {"pid": waiting},
+            ).scalar_one()
+        assert inserted == 1, "the release waits for the feed's lock with its members already inserted"
+    finally:
+        let_go.set()
+        holder.join(timeout=30)
+        runner.join(timeout=60)
+    (outcome,) = ran
+    assert outcome.status == "done"
+    assert len(vault.included(outcome.extract_id)) == outcome.rows > 0
+
+
+def _backend_waiting_for_the_feed_lock(engine: Engine) -> int:
+    """The pid of the session waiting for the feed's advisory lock (polled: the release reaches it after its first pass)."""
+    high, low = (feed.FEED_LOCK_KEY >> 32) & 0xFFFFFFFF, feed.FEED_LOCK_KEY & 0xFFFFFFFF
+    query = text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :high AND objid = :low")
+    for _ in range(1500):
+        with engine.connect() as conn:
+            pid = conn.execute(query, {"high": high, "low": low}).scalar()
+        if pid is not None:
+            return int(pid)
+        time.sleep(0.02)
+    raise AssertionError("no session waited for the feed's lock")

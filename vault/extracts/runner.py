@@ -309,11 +309,15 @@ class ExtractRunner:
             claims = _manifest(request, consumer, epoch, plan, written, k=k, columns=columns, policy_hash=audit.policy_hash, issuer=signing.issuer, now=now)
             manifest = jwt.encode(claims, signing.key.private_key, algorithm="EdDSA", headers={"typ": MANIFEST_TYPE, "kid": signing.key.key_id})
             with write_transaction(self._engine) as conn:
-                feed.hold(conn)
                 at = self._clock()  # when the extract is released: its row's finished_at and its audit event
                 _insert_members(conn, request.extract_id, (line.split(":") for sealed in included.read() for line in sealed.decode("ascii").split("\n")))
                 if fixed is None:
                     self._registry.fix_generalization(conn, consumer.consumer_id, epoch, plan.generalization)
+                # The feed's lock only now, after the long insert: on PostgreSQL every withdrawal, erasure and restriction waits
+                # for it (2.3 s at 100,000 members with it taken first). Nothing above reads the feed or the departures, and
+                # what follows reads them committed as of each statement (READ COMMITTED), so a departure that committed
+                # while the members were inserted is seen, and one that waits for the lock sees this extract done.
+                feed.hold(conn)
                 finished = conn.execute(
                     update(extracts)
                     .where(extracts.c.extract_id == request.extract_id, extracts.c.status == "running")
