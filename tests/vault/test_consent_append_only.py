@@ -24,7 +24,7 @@ from vault.consent.notices import NoticeBook
 from vault.consent.service import ConsentService
 from vault.ids import new_id
 from vault.purposes import Purpose
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import write_transaction
 from vault.storage.schema import consent_events, consent_notices
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -98,14 +98,6 @@ def raw_sqlite(runtime: Runtime) -> Iterator[sqlite3.Connection]:
         yield raw
 
 
-@pytest.fixture
-def owner_engine(runtime: Runtime) -> Iterator[Engine]:
-    """The data database as the migration (owner) role."""
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
-
-
 def _sqlstate(error: DBAPIError) -> str:
     return str(getattr(error.orig, "sqlstate", ""))
 
@@ -168,12 +160,12 @@ def test_postgres_application_role_holds_only_select_and_insert(runtime: Runtime
 
 @pytest.mark.parametrize("backend", ["postgres"])
 @pytest.mark.parametrize("kind", ["update", "delete", "truncate", "upsert"])
-def test_postgres_triggers_refuse_even_the_owner_role(runtime: Runtime, history: tuple[list[tuple[object, ...]], ...], owner_engine: Engine, kind: str) -> None:
-    with owner_engine.connect() as conn:
+def test_postgres_triggers_refuse_even_the_owner_role(runtime: Runtime, history: tuple[list[tuple[object, ...]], ...], owner: Engine, kind: str) -> None:
+    with owner.connect() as conn:
         owned = {t: conn.execute(text("SELECT current_user = tableowner FROM pg_tables WHERE tablename = :t"), {"t": t}).scalar_one() for t in TABLES}
     assert owned == dict.fromkeys(TABLES, True)
     for table in TABLES:
-        with pytest.raises(DBAPIError, match=MESSAGE) as caught, owner_engine.begin() as conn:
+        with pytest.raises(DBAPIError, match=MESSAGE) as caught, owner.begin() as conn:
             conn.execute(text(_statement(table, kind)))
         assert _sqlstate(caught.value) == "P0001", table  # raise_exception, from the trigger
     assert _snapshot(runtime.data_engine) == history

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,19 +24,12 @@ from vault.consent import ConsentChannel, ConsentDecision, ConsentRequest, Conse
 from vault.consent.service import _LAST_EVENTS
 from vault.ids import new_id
 from vault.purposes import Purpose
-from vault.storage.engine import make_engine, read_snapshot, write_transaction
+from vault.storage.engine import read_snapshot, write_transaction
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 BEFORE = "0012_feed_again"
 NARROW = "ix_consent_events_member_id_purpose_seq"
 COVERING = "ix_consent_events_last_event"
-
-
-@pytest.fixture
-def owner(runtime: Runtime) -> Iterator[Engine]:
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

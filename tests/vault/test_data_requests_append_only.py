@@ -23,7 +23,7 @@ from api.runtime import Runtime
 from tests.vault.factories import other_member_values
 from vault.data_requests import DataRequestService, FiledBy, Filer, Filing, ReasonCode, RequestType, Status
 from vault.ids import new_id
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import write_transaction
 from vault.storage.schema import data_request_steps, data_requests
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -91,14 +91,6 @@ def raw_sqlite(runtime: Runtime) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection to the test's data database, outside the vault's engine (foreign keys off, sqlite3's default)."""
     with closing(sqlite3.connect(str(make_url(runtime.settings.data_url).database), isolation_level=None)) as raw:
         yield raw
-
-
-@pytest.fixture
-def owner_engine(runtime: Runtime) -> Iterator[Engine]:
-    """The data database as the migration (owner) role."""
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
 
 
 def _sqlstate(error: DBAPIError) -> str:
@@ -186,15 +178,15 @@ def test_postgres_application_role_holds_only_the_rights_it_needs(runtime: Runti
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-def test_postgres_triggers_refuse_even_the_owner_role(runtime: Runtime, history: Snapshot, owner_engine: Engine) -> None:
-    with owner_engine.connect() as conn:
+def test_postgres_triggers_refuse_even_the_owner_role(runtime: Runtime, history: Snapshot, owner: Engine) -> None:
+    with owner.connect() as conn:
         owned = {
             t: conn.execute(text("SELECT current_user = tableowner FROM pg_tables WHERE tablename = :t"), {"t": t}).scalar_one() for t in (STEPS, REQUESTS)
         }
     assert owned == {STEPS: True, REQUESTS: True}
     cases = [(STEPS, k) for k in ("update", "delete", "truncate", "upsert")] + [(REQUESTS, k) for k in ("delete", "truncate")]
     for table, kind in cases:
-        with pytest.raises(DBAPIError, match=MESSAGE) as caught, owner_engine.begin() as conn:
+        with pytest.raises(DBAPIError, match=MESSAGE) as caught, owner.begin() as conn:
             conn.execute(text(STATEMENTS[table][kind]))
         assert _sqlstate(caught.value) == "P0001", (table, kind)  # raise_exception, from the trigger
     assert _snapshot(runtime.data_engine) == history

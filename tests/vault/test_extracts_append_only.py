@@ -8,7 +8,6 @@ TRUNCATE grant at all. Nothing changes in any of them after a refusal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +18,7 @@ from api.runtime import Runtime
 from tests.vault.factories import other_member_values, stored_extract
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import write_transaction
 from vault.storage.schema import deletion_feed, extract_departures, extract_members
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -64,13 +63,6 @@ def stored(runtime: Runtime) -> Rows:
     rows = _rows(runtime.data_engine)
     assert [len(r) for r in rows.values()] == [1, 1, 1]
     return rows
-
-
-@pytest.fixture
-def owner(runtime: Runtime) -> Iterator[Engine]:
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.mark.parametrize("table", sorted(CHANGES))

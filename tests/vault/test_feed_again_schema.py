@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -22,7 +21,7 @@ from api.runtime import Runtime
 from tests.vault.factories import migrate_data, stored_extract
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import write_transaction
 from vault.storage.schema import deletion_feed, extracts
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -31,13 +30,6 @@ BEFORE = "0011_extract_members_by_extract"
 
 def _entry(pseudonym: str) -> dict[str, object]:
     return {"consumer_id": "loyalty-app", "epoch": 1, "pseudonym": pseudonym, "reason": "withdrawn", "at": NOW}
-
-
-@pytest.fixture
-def owner(runtime: Runtime) -> Iterator[Engine]:
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
 
 
 def test_the_upgrade_takes_a_pseudonym_again_and_gives_done_extracts_the_feed_position(runtime: Runtime, owner: Engine) -> None:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -24,7 +23,7 @@ from api.runtime import Runtime
 from tests.vault.factories import migrate_data
 from vault.clients import ROOT_KEY, ClientRegistry
 from vault.extracts.consumers import ConsumerRegistry
-from vault.storage.engine import make_engine, write_transaction
+from vault.storage.engine import write_transaction
 from vault.storage.schema import deletion_feed, deletion_feed_sweeps
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -52,13 +51,6 @@ def _stored(conn: Connection) -> list[tuple[str, str, str]]:
 def _app_rights(conn: Connection, table: str) -> set[str]:
     rights = ("UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
     return {r for r in rights if conn.execute(text(f"SELECT has_table_privilege(current_user, '{table}', '{r}')")).scalar_one()}
-
-
-@pytest.fixture
-def owner(runtime: Runtime) -> Iterator[Engine]:
-    engine = make_engine(runtime.settings.data_migration_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
