@@ -12,8 +12,6 @@ writes and syncs), and the next group's transaction begins only once it is done.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +24,7 @@ from sqlalchemy import Engine
 from keys.field_cipher import FieldCipher
 from keys.member_keys import DATA_SCOPE, MemberKeys, retention_scope
 from vault import data_map as dm
+from vault.collector import cyclic_gc_paused
 from vault.demo._bulk import LEDGER, MEMBERS, TREATMENTS, BatchRows, batch_rows, bulk_loading
 from vault.demo._synthetic import Plan, Values, batch_values
 from vault.members import MemberRepository
@@ -69,7 +68,7 @@ def seed_groups(
 ) -> None:
     """Seed the batches beginning at the starts in ``groups``; ``written`` hears of each batch once its rows are committed (before a failure too)."""
     fake = Faker("zh_CN")
-    with _cyclic_gc_paused(), engine.connect() as conn, bulk_loading(conn), ThreadPoolExecutor(1, thread_name_prefix="seed-commit") as committer:
+    with cyclic_gc_paused(), engine.connect() as conn, bulk_loading(conn), ThreadPoolExecutor(1, thread_name_prefix="seed-commit") as committer:
         conn.execution_options(**{SQLITE_IMMEDIATE: True})  # each group's transaction, as write_transaction opens it
         committing: tuple[Future[None], list[Done]] | None = None
         try:
@@ -90,25 +89,6 @@ def seed_groups(
         finally:
             if committing is not None:  # the last group, or the one committed before a failure: reported once committed
                 _report(*committing, written)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while this process seeds, then enabled again if it was.
-
-    A group's objects (values, rows, ciphertexts) are freed by reference
-    counting: seeding makes no reference cycles per batch, only a few hundred
-    objects per call, collected once the collector runs again. Its passes over
-    the young objects (a group's rows live until they are written) cost about
-    5 % of the seeding CPU.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def joined(reports: Sequence[SeedReport]) -> SeedReport:

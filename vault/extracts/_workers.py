@@ -13,7 +13,10 @@ its own task queue, until told to stop:
 between being handed out and being emitted, which bounds the results held
 back for an earlier task), runs a task in this process whenever no result is
 waiting, and emits results in task order, so what is emitted is what one
-process computes. Everything crosses through pipes, never a file: decrypted
+process computes. A task runs with the cyclic garbage collector paused
+(``vault.collector``: its objects are freed by reference counting), in this
+process too, one task at a time, so a server's other threads see the
+collector between tasks. Everything crosses through pipes, never a file: decrypted
 values reach the disk only through the runner's encrypted spool. A worker that
 fails sends its error's class name only (a message might quote a value); one
 that dies is noticed within a second; either stops the extract.
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeVar
 
+from vault.collector import cyclic_gc_paused
 from vault.extracts.profiling import Profiled, Profiler, Profiling
 from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.releasing import ReleasedChunk, Releaser, Releasing
@@ -222,10 +226,11 @@ def _serve(
                 continue
             seq, task = message
             if isinstance(task, Range):
-                with read_snapshot(target.data_engine) as conn:
+                with cyclic_gc_paused(), read_snapshot(target.data_engine) as conn:
                     results.put(_Done(worker, seq, profiler.profile_range(source, conn, task.after, task.until)))
             elif releaser is not None:
-                results.put(_Done(worker, seq, releaser.release(task.data)))
+                with cyclic_gc_paused():
+                    results.put(_Done(worker, seq, releaser.release(task.data)))
             else:
                 raise ExtractWorkerError("a chunk before the second pass was set up")
     except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the extract

@@ -64,6 +64,7 @@ from audit.event import Actor, AuditEvent, Decision, event_time
 from audit.store import AuditJournal
 from keys.member_keys import MemberKeys
 from keys.signing import SigningKey
+from vault.collector import cyclic_gc_paused
 from vault.data_requests.spool import Spool
 from vault.errors import ConflictError, ValidationError
 from vault.extracts import feed
@@ -371,14 +372,19 @@ class ExtractRunner:
         profiler = Profiler(job, self._keys.root_key(ROOT_KEY))
         if workers is None:
             with read_snapshot(self._engine) as conn:
-                for batch in self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now):
-                    emit(profiler.profile(batch))
-            return
+                batches = self._source.batches(conn, job.purpose, fields=job.fields, want_health=job.want_health, now=job.now)
+                while True:
+                    with cyclic_gc_paused():  # a batch at a time, so a server's other threads see the collector between batches
+                        batch = next(batches, None)
+                        if batch is None:
+                            return
+                        profiled = profiler.profile(batch)
+                    emit(profiled)
 
         def here(task: Task) -> Profiled:
             if not isinstance(task, Range):
                 raise TypeError("the first pass profiles ranges")
-            with read_snapshot(self._engine) as conn:
+            with cyclic_gc_paused(), read_snapshot(self._engine) as conn:
                 return profiler.profile_range(self._source, conn, task.after, task.until)
 
         workers.ordered((Range(after, until) for after, until in ranges), here, emit, Profiled)
@@ -388,13 +394,16 @@ class ExtractRunner:
         releaser = Releaser(job, self._keys.root_key(ROOT_KEY), self._engine)
         if workers is None:
             for chunk in rows.read():
-                emit(releaser.release(chunk))
+                with cyclic_gc_paused():
+                    released = releaser.release(chunk)
+                emit(released)
             return
 
         def here(task: Task) -> ReleasedChunk:
             if not isinstance(task, Chunk):
                 raise TypeError("the second pass releases chunks")
-            return releaser.release(task.data)
+            with cyclic_gc_paused():
+                return releaser.release(task.data)
 
         workers.release_with(job)
         workers.ordered((Chunk(chunk) for chunk in rows.read()), here, emit, ReleasedChunk)
