@@ -396,6 +396,9 @@ extract_members = Table(
     Column("row_mac", String(32), nullable=True),
     # No index on member_id alone: an extract's members are spread over all of one, so every extract would rewrite it
     # whole (its cost growing with the history). A member's extracts are found by a seek of the key per extract.
+    # On SQLite the table is the key's B-tree (WITHOUT ROWID, migration 0014): every read goes through the key, and a
+    # rowid table would store each row twice.
+    sqlite_with_rowid=False,
 )
 
 deletion_feed = Table(
