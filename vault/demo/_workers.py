@@ -4,7 +4,8 @@ Every process (the parent too) claims the next batches from the counter until
 none is left. A worker sends a ``Done`` for each batch it committed, or a
 ``Failed`` naming its error's class only (a message might quote a value); the
 parent notices a worker that died within a second. ``stop`` lets the workers
-claim nothing more and waits for them.
+claim nothing more and waits for them. A worker whose parent was killed
+finishes the group it holds and claims nothing more (``vault.parent_process``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TypeAlias
 
 from vault.demo._batches import GROUP, Done, Job, seed_groups
 from vault.opener import Opener
+from vault.parent_process import parent_gone
 
 
 class SeedWorkerError(RuntimeError):
@@ -38,6 +40,8 @@ def claimed(claims: Synchronized[int], job: Job, processes: int) -> Iterator[lis
     """The starts of the batches this process claims, ``GROUP`` at a time but one at a time near the end (so the processes finish together)."""
     batches = -(-job.end // job.batch)
     while True:
+        if parent_gone():  # a worker whose parent was killed claims nothing more (vault.parent_process)
+            return
         with claims.get_lock():
             at = claims.value
             if at >= batches:
@@ -55,6 +59,8 @@ def serve(opener: Opener, job: Job, claims: Synchronized[int], results: Results,
             seed_groups(target.data_engine, target.keys, target.members, job, groups=claimed(claims, job, processes), written=results.put)
         finally:
             target.close()
+        if parent_gone():
+            results.cancel_join_thread()  # reports nobody will read are not waited on at exit
     except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the seeding
         results.put(Failed(type(exc).__name__))
 
