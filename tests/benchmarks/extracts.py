@@ -103,7 +103,7 @@ SEED = 7
 CONSUMER = "loyalty-app"
 # Issue 7's target, and the yardstick it gave for scale: the plain loop did 106,000 members/s in two processes where the
 # issue was written, so the target is that loop's speed × 50,000 / 106,000 on whatever machine runs the benchmark.
-TARGET, YARDSTICK = 50_000, 106_000
+TARGET, YARDSTICK, YARDSTICK_PROCESSES = 50_000, 106_000, 2
 TARGET_SHARE = TARGET / YARDSTICK
 _SEEDER_PACKAGE = "vault/demo"  # every module of it: the seeder is split over several
 
@@ -425,11 +425,14 @@ def main(argv: list[str] | None = None) -> int:
                 walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
                 paired = statistics.median(b["wall"] / a["wall"] for a, b in zip(ours, runs, strict=True))
                 out.write(f"| {count:,} | {label} | {count / wall:,.0f} | — | {wall:.1f} ({walls}) | — | — | {paired:.2f} |\n")
-            yardstick = count / statistics.median(r["wall"] for r in two)
-            targets.append(
-                f"{count:,} members: {TARGET_SHARE * yardstick:,.0f} members/s here "
-                f"({TARGET:,} × this run's plain loop in {args.workers} processes, {yardstick:,.0f}/s, ÷ the issue's {YARDSTICK:,}/s)"
-            )
+            if args.workers == YARDSTICK_PROCESSES:
+                yardstick = count / statistics.median(r["wall"] for r in two)
+                targets.append(
+                    f"{count:,} members: {TARGET_SHARE * yardstick:,.0f} members/s here "
+                    f"({TARGET:,} × this run's plain loop in {args.workers} processes, {yardstick:,.0f}/s, ÷ the issue's {YARDSTICK:,}/s)"
+                )
+            else:
+                targets.append(f"{count:,} members: not computed (the issue's yardstick is the loop in {YARDSTICK_PROCESSES} processes: --workers 2)")
             residency.append(_cached(data_dir))
             out.flush()
     out.write("\nthe vaults before the runs (the page cache must hold what a run reads): " + "; ".join(histories) + "\n")

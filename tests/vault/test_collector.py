@@ -11,6 +11,7 @@ collector off and counts what it then finds unreachable.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,36 @@ def test_a_nested_pause_leaves_the_outer_one_in_place_and_a_disabled_collector_s
     with cyclic_gc_paused():
         pass
     assert not gc.isenabled()  # someone else's pause is not ended by ours
+
+
+@pytest.mark.usefixtures("collector_on")
+def test_overlapping_pauses_in_two_threads_keep_the_collector_off_until_the_last_ends() -> None:
+    """An API process pauses in its extract thread while other threads may pause too: the first to end does not switch it on."""
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with cyclic_gc_paused():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with cyclic_gc_paused():
+            second_in.set()
+            first_out.wait(10)
+            seen.append(gc.isenabled())  # the first pause has ended; this one has not
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert first_out.is_set()
+    assert seen == [False]
+    assert gc.isenabled()
 
 
 @pytest.mark.usefixtures("collector_on")

@@ -110,3 +110,20 @@ def test_0014_keeps_the_rows_and_the_triggers_both_ways(runtime: Runtime, owner:
         assert table.rstrip().endswith("WITHOUT ROWID")
         assert indexes == []
         assert triggers == TRIGGERS
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_0014_refuses_to_rebuild_a_table_with_an_index_it_does_not_know_and_changes_nothing(runtime: Runtime, owner: Engine, held: list[Row]) -> None:
+    """An index an operator added would be lost with the old table: the upgrade stops instead, and its transaction rolls back."""
+    migrate_data(owner, BEFORE, down=True)
+    with owner.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX ix_operator_row_mac ON extract_members (row_mac)")
+
+    with pytest.raises(RuntimeError, match="extract_members is not the table this migration expects; rebuild refused"):
+        migrate_data(owner, "head")
+
+    table, indexes, triggers = _sqlite_layout(runtime.data_engine)
+    assert "WITHOUT ROWID" not in table
+    assert indexes == ["ix_operator_row_mac", "sqlite_autoindex_extract_members_1"]
+    assert triggers == TRIGGERS
+    assert _rows(runtime.data_engine) == held

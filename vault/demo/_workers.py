@@ -5,7 +5,8 @@ none is left. A worker sends a ``Done`` for each batch it committed, or a
 ``Failed`` naming its error's class only (a message might quote a value); the
 parent notices a worker that died within a second. ``stop`` lets the workers
 claim nothing more and waits for them. A worker whose parent was killed
-finishes the group it holds and claims nothing more (``vault.parent_process``).
+ends at once; the group it was writing commits whole or not at all
+(``vault.parent_process``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TypeAlias
 
 from vault.demo._batches import GROUP, Done, Job, seed_groups
 from vault.opener import Opener
-from vault.parent_process import parent_gone
+from vault.parent_process import exit_with_parent
 
 
 class SeedWorkerError(RuntimeError):
@@ -40,8 +41,6 @@ def claimed(claims: Synchronized[int], job: Job, processes: int) -> Iterator[lis
     """The starts of the batches this process claims, ``GROUP`` at a time but one at a time near the end (so the processes finish together)."""
     batches = -(-job.end // job.batch)
     while True:
-        if parent_gone():  # a worker whose parent was killed claims nothing more (vault.parent_process)
-            return
         with claims.get_lock():
             at = claims.value
             if at >= batches:
@@ -52,15 +51,14 @@ def claimed(claims: Synchronized[int], job: Job, processes: int) -> Iterator[lis
 
 
 def serve(opener: Opener, job: Job, claims: Synchronized[int], results: Results, processes: int) -> None:
-    """A worker process: seed claimed batches until none is left."""
+    """A worker process: seed claimed batches until none is left, or end at once if the seeding's process dies."""
+    exit_with_parent()
     try:
         target = opener()
         try:
             seed_groups(target.data_engine, target.keys, target.members, job, groups=claimed(claims, job, processes), written=results.put)
         finally:
             target.close()
-        if parent_gone():
-            results.cancel_join_thread()  # reports nobody will read are not waited on at exit
     except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the seeding
         results.put(Failed(type(exc).__name__))
 

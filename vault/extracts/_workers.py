@@ -20,8 +20,8 @@ collector between tasks. Everything crosses through pipes, never a file: decrypt
 values reach the disk only through the runner's encrypted spool. A worker that
 fails sends its error's class name only (a message might quote a value); one
 that dies is noticed within a second; either stops the extract. A worker
-whose parent dies (killed, with no chance to stop it) notices within a
-second too, closes the vault and exits (``vault.parent_process``).
+whose parent dies (killed, with no chance to stop it) ends at once, idle or
+busy (``vault.parent_process``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from vault.extracts.pseudonyms import ROOT_KEY
 from vault.extracts.releasing import ReleasedChunk, Releaser, Releasing
 from vault.extracts.source import ProfileSource, SourceSpec
 from vault.opener import Opener
-from vault.parent_process import PARENT_POLL, parent_gone
+from vault.parent_process import exit_with_parent
 from vault.storage.engine import read_snapshot
 
 
@@ -212,7 +212,8 @@ def _serve(
     tasks: multiprocessing.Queue[tuple[int, Task] | Releasing | None],
     results: multiprocessing.Queue[_Done | _Failed],
 ) -> None:
-    """A worker process: serve its queue until told to stop (``None``)."""
+    """A worker process: serve its queue until told to stop (``None``), or end at once if the extract's process dies."""
+    exit_with_parent()  # before the vault is opened: a worker never holds it without a parent to serve
     try:
         target = opener()
     except BaseException as exc:  # noqa: BLE001 — reported to the parent by class name, which stops the extract
@@ -223,7 +224,7 @@ def _serve(
         root = target.keys.root_key(ROOT_KEY)
         profiler = Profiler(job, root)
         releaser: Releaser | None = None
-        while (message := _next(tasks, results)) is not None:
+        while (message := tasks.get()) is not None:
             if isinstance(message, Releasing):
                 releaser = Releaser(message, root, target.data_engine)
                 continue
@@ -240,19 +241,6 @@ def _serve(
         results.put(_Failed(type(exc).__name__))
     finally:
         target.close()
-
-
-def _next(
-    tasks: multiprocessing.Queue[tuple[int, Task] | Releasing | None], results: multiprocessing.Queue[_Done | _Failed]
-) -> tuple[int, Task] | Releasing | None:
-    """The next message, or ``None`` once told to stop or once the extract's process is gone (checked every ``PARENT_POLL`` s)."""
-    while True:
-        try:
-            return tasks.get(timeout=PARENT_POLL)
-        except queue.Empty:
-            if parent_gone():
-                results.cancel_join_thread()  # results nobody will read are not waited on at exit
-                return None
 
 
 __all__ = ["Chunk", "ExtractWorkerError", "Range", "Task", "WorkerPool"]
