@@ -16,12 +16,12 @@ waiting, and emits results in task order, so what is emitted is what one
 process computes. A task runs with the cyclic garbage collector paused
 (``vault.collector``: its objects are freed by reference counting), in this
 process too, one task at a time, so a server's other threads see the
-collector between tasks. Everything crosses through pipes, never a file: decrypted
-values reach the disk only through the runner's encrypted spool. A worker that
-fails sends its error's class name only (a message might quote a value); one
-that dies is noticed within a second; either stops the extract. A worker
-whose parent dies (killed, with no chance to stop it) ends at once, idle or
-busy (``vault.parent_process``).
+collector between tasks. Everything crosses through pipes, never a file:
+decrypted values reach the disk only through the runner's encrypted spool. A
+worker that fails sends its error's class name only (a message might quote a
+value); one that dies is noticed within a second; either stops the extract.
+A worker whose parent dies (killed, with no chance to stop it) ends at once,
+idle or busy (``vault.parent_process``).
 """
 
 from __future__ import annotations
