@@ -64,7 +64,7 @@ def test_a_nested_pause_leaves_the_outer_one_in_place_and_a_disabled_collector_s
 
     gc.disable()
     with cyclic_gc_paused():
-        pass
+        assert not gc.isenabled()
     assert not gc.isenabled()  # someone else's pause is not ended by ours
 
 
